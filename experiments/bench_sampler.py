@@ -1,0 +1,119 @@
+"""Sampler throughput on a random Qwen2 of a named shape (optionally vs transformers).
+
+  python -m experiments.bench_sampler --shape=small --batch=8 --prompt_len=128 \
+      --new_tokens=64 --compare_hf
+
+EOS is disabled so every row generates exactly `new_tokens`; the first (compiling)
+call is excluded. Prints a roofline estimate from measured memory bandwidth and
+matmul throughput, and `tokens_per_s=` last.
+"""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+
+from prompt4trust_jax import fixtures, models, sampling
+
+_SHAPE = flags.DEFINE_enum("shape", "small", ["tiny", "small", "qwen2p5_1p5b"], "Model shape.")
+_BATCH = flags.DEFINE_integer("batch", 8, "Prompts per call.")
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 128, "Tokens per prompt.")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "Tokens generated per prompt.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter/compute dtype.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls (the median is reported).")
+_COMPARE_HF = flags.DEFINE_bool("compare_hf", False, "Also time transformers' generate.")
+
+SAMPLING = dict(temperature=0.6, top_p=0.95, top_k=100)
+
+
+def _config():
+  if _SHAPE.value == "qwen2p5_1p5b":
+    return models.qwen2p5_1p5b_instruct(dtype=_DTYPE.value, param_dtype=_DTYPE.value)
+  return fixtures.shape_config(_SHAPE.value, dtype=_DTYPE.value, param_dtype=_DTYPE.value)
+
+
+def _median_seconds(fn, repeats):
+  fn()  # warm-up: compilation, allocations
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def _roofline(param_bytes, flops_per_step):
+  """Bandwidth and matmul throughput measured on this device, and the implied floor."""
+  big = jnp.ones((256 << 20) // 4, jnp.float32)  # 256 MiB, beyond any cache
+  read = jax.jit(jnp.sum)
+  seconds = _median_seconds(lambda: read(big).block_until_ready(), 5)
+  bandwidth = big.nbytes / seconds
+  a = jnp.ones((2048, 2048), jnp.dtype(_DTYPE.value))
+  matmul = jax.jit(lambda x: x @ x)
+  seconds = _median_seconds(lambda: matmul(a).block_until_ready(), 5)
+  flops = 2 * 2048**3 / seconds
+  step_floor = max(param_bytes / bandwidth, flops_per_step / flops)
+  print(f"memory_bandwidth_GBps={bandwidth / 1e9:.1f} matmul_GFLOPs={flops / 1e9:.0f}")
+  return step_floor
+
+
+def _hf_tokens_per_s(config, prompts):
+  import torch  # test/benchmark dependency only
+  import transformers
+  hf_config = transformers.Qwen2Config(
+      vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+      intermediate_size=config.intermediate_size, num_hidden_layers=config.num_layers,
+      num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
+      tie_word_embeddings=config.tie_word_embeddings, rope_theta=config.rope_theta)
+  dtype = torch.bfloat16 if _DTYPE.value == "bfloat16" else torch.float32
+  model = transformers.Qwen2ForCausalLM(hf_config).to(dtype).eval()
+  ids = torch.tensor(prompts)
+  n = _NEW_TOKENS.value
+
+  def run():
+    with torch.no_grad():
+      out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                           max_new_tokens=n, min_new_tokens=n, eos_token_id=None, pad_token_id=0,
+                           **SAMPLING)
+    assert out.shape[1] == ids.shape[1] + n
+
+  return ids.shape[0] * n / _median_seconds(run, _REPEATS.value)
+
+
+def main(argv):
+  del argv
+  config = _config()
+  model = models.Qwen2ForCausalLM(config, rngs=nnx.Rngs(0))
+  prompts = np.random.default_rng(0).integers(
+      0, config.vocab_size, (_BATCH.value, _PROMPT_LEN.value)).tolist()
+  n = _NEW_TOKENS.value
+  keys = iter(jax.random.split(jax.random.key(0), _REPEATS.value + 1))
+
+  def run():
+    out = sampling.generate(model, prompts, max_new_tokens=n, rng=next(keys), **SAMPLING)
+    assert (out.lengths_B == n).all()
+
+  seconds = _median_seconds(run, _REPEATS.value)
+  tokens_per_s = _BATCH.value * n / seconds
+  params = models.flat_params(model)
+  param_bytes = sum(x.nbytes for x in params.values())
+  n_params = sum(x.size for x in params.values())
+  step_floor = _roofline(param_bytes, 2 * n_params * _BATCH.value)
+  print(f"device={jax.devices()[0].device_kind} shape={_SHAPE.value} dtype={_DTYPE.value} "
+        f"params={n_params / 1e6:.1f}M batch={_BATCH.value} prompt_len={_PROMPT_LEN.value} "
+        f"new_tokens={n}")
+  print(f"seconds_per_call={seconds:.3f} ms_per_token_step={1e3 * seconds / n:.2f} "
+        f"roofline_ms_per_step={1e3 * step_floor:.2f} "
+        f"roofline_fraction={step_floor / (seconds / n):.2f}")
+  if _COMPARE_HF.value:
+    hf = _hf_tokens_per_s(config, prompts)
+    print(f"hf_tokens_per_s={hf:.1f}")
+    print(f"speedup={tokens_per_s / hf:.2f}")
+  print(f"tokens_per_s={tokens_per_s:.1f}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,34 @@
+"""Converts checkpoints once, ahead of training.
+
+  # Hugging Face download -> Orbax checkpoint (configs point models at these):
+  python -m experiments.convert --hf_dir=~/Qwen2.5-1.5B-Instruct --out=ckpts/qwen2p5_1p5b
+  # Orbax checkpoint (e.g. a trained policy) -> Hugging Face safetensors directory:
+  python -m experiments.convert --ckpt_dir=ckpts/policy --out=export/policy_hf --dtype=bfloat16
+"""
+
+from absl import app, flags
+
+from prompt4trust_jax import models
+
+_HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face model directory to import.")
+_CKPT_DIR = flags.DEFINE_string("ckpt_dir", None, "Orbax checkpoint directory to export.")
+_OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
+_DTYPE = flags.DEFINE_string("dtype", None, "Parameter dtype to store (default: as loaded).")
+
+
+def main(argv):
+  del argv
+  if (_HF_DIR.value is None) == (_CKPT_DIR.value is None):
+    raise app.UsageError("Pass exactly one of --hf_dir (import) or --ckpt_dir (export).")
+  source = _HF_DIR.value or _CKPT_DIR.value
+  dtype = _DTYPE.value or "float32"
+  model = models.from_pretrained(source, dtype=dtype)
+  if _HF_DIR.value:
+    models.save(model, _OUT.value, source_dir=source)
+  else:
+    models.export_hf(model, _OUT.value, source_dir=source, dtype=_DTYPE.value)
+  print(f"wrote {_OUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,79 @@
+"""Tiny random checkpoints in the hub's exact layout, made offline and without torch.
+
+The embedded demo, the benchmarks and the tests use them: a byte-level BPE tokenizer
+with Qwen's special tokens and ChatML chat template, trained on a few sentences, and
+a randomly initialised model exported through the same code path as a trained one.
+"""
+
+import os
+
+from flax import nnx
+import tokenizers
+from tokenizers import decoders, models as tok_models, pre_tokenizers, trainers
+import transformers
+
+from prompt4trust_jax.models import checkpoint
+from prompt4trust_jax.models import qwen2
+
+# Benchmark shapes (issue #2), tied embeddings.
+SHAPES = {
+    "tiny": dict(vocab_size=4096, hidden_size=128, intermediate_size=352, num_layers=2,
+                 num_heads=4, num_kv_heads=2),
+    "small": dict(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_layers=8,
+                  num_heads=8, num_kv_heads=2),
+}
+
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
+                  "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
+# Qwen's ChatML layout (system turn omitted).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+_CORPUS = (
+    "You are answering a multiple-choice question with four options (A, B, C, or D).",
+    "In conclusion, the answer is B with confidence 80.",
+    "Question: What imaging modality was used to acquire this image?",
+    "Options: A: CT scan B: MRI C: X-ray D: Ultrasound",
+    "Hint: Look at the contrast between soft tissue and bone before deciding.",
+    "The lesion is hyperintense on T2-weighted images and shows peripheral enhancement.",
+    "Think step-by-step, do not be over-confident.",
+)
+
+
+def shape_config(name: str, **overrides) -> qwen2.Qwen2Config:
+  if name not in SHAPES:
+    raise ValueError(f"Unknown shape {name!r}; choose from {sorted(SHAPES)}.")
+  return qwen2.Qwen2Config(**{**SHAPES[name], "tie_word_embeddings": True, **overrides})
+
+
+def write_tokenizer(out_dir: str, vocab_size: int) -> transformers.PreTrainedTokenizerFast:
+  """Trains and saves a small byte-level BPE tokenizer whose ids fit `vocab_size`."""
+  tok = tokenizers.Tokenizer(tok_models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=min(vocab_size, 1024), special_tokens=list(SPECIAL_TOKENS),
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  tok.train_from_iterator(_CORPUS * 4, trainer)
+  fast = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+      chat_template=CHAT_TEMPLATE)
+  fast.save_pretrained(out_dir)
+  return fast
+
+
+def write_random_qwen2(out_dir: str, config: qwen2.Qwen2Config, seed: int = 0) -> str:
+  """A random Qwen2 checkpoint + tokenizer in hub layout at `out_dir`; returns it."""
+  model = qwen2.Qwen2ForCausalLM(config, rngs=nnx.Rngs(seed))
+  checkpoint.export_hf(model, out_dir)
+  write_tokenizer(out_dir, config.vocab_size)
+  return out_dir
+
+
+def ensure_random_qwen2(out_dir: str, config: qwen2.Qwen2Config, seed: int = 0) -> str:
+  """`write_random_qwen2` unless `out_dir` already holds a checkpoint."""
+  if not os.path.exists(os.path.join(out_dir, "config.json")):
+    write_random_qwen2(out_dir, config, seed)
+  return out_dir

@@ -1,0 +1,38 @@
+"""The key/value cache: one fixed-size buffer per layer, written in place.
+
+Every row of a batch writes its step-t token at the same slot (prompts are left
+padded), so a write is a single `dynamic_update_slice` at a scalar index; XLA does
+it in place inside the sampler's while loop.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+@struct.dataclass
+class LayerCache:
+  k: jax.Array  # [B, S, K, H]
+  v: jax.Array  # [B, S, K, H]
+
+  def write(self, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array, index) -> "LayerCache":
+    start = (0, index, 0, 0)
+    return LayerCache(
+        k=jax.lax.dynamic_update_slice(self.k, k_BxTxKxH.astype(self.k.dtype), start),
+        v=jax.lax.dynamic_update_slice(self.v, v_BxTxKxH.astype(self.v.dtype), start))
+
+
+def init(num_layers: int, batch: int, length: int, num_kv_heads: int, head_dim: int,
+         dtype) -> tuple[LayerCache, ...]:
+  """An empty cache of `length` slots for each of `num_layers` layers."""
+  shape = (batch, length, num_kv_heads, head_dim)
+  return tuple(LayerCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
+               for _ in range(num_layers))
+
+
+def attention_mask(kv_valid_BxS: jax.Array, cache_index, num_queries: int) -> jax.Array:
+  """`[B, T, S]`: query t (at slot cache_index + t) sees valid keys at slots <= its own."""
+  S = kv_valid_BxS.shape[1]
+  query_slot_T = cache_index + jnp.arange(num_queries)
+  causal_TxS = jnp.arange(S)[None, :] <= query_slot_T[:, None]
+  return causal_TxS[None] & kv_valid_BxS[:, None, :].astype(bool)

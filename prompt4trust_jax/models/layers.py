@@ -1,0 +1,88 @@
+"""Transformer building blocks shared by the Qwen2 decoder and the Qwen2-VL family.
+
+Axis legend used in names and einsums across `models/`:
+  B batch, T query length, S key length (cache slots), D model width, F MLP width,
+  N query heads, K key/value heads, G query heads per kv head (N = K*G), H head dim,
+  V vocabulary, L layers.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from prompt4trust_jax.models import kv_cache as kv_cache_lib
+from prompt4trust_jax.models import rope
+
+
+def linear(in_features, out_features, *, use_bias, dtype, param_dtype, rngs):
+  # HF initialises linear layers with N(0, 0.02); random demo models then give
+  # logits of a sensible scale.
+  return nnx.Linear(in_features, out_features, use_bias=use_bias, dtype=dtype,
+                    param_dtype=param_dtype, kernel_init=nnx.initializers.normal(0.02),
+                    rngs=rngs)
+
+
+class RMSNorm(nnx.Module):
+  """x / rms(x) * scale, normalised in float32 and cast back (as Qwen does)."""
+
+  def __init__(self, dim: int, *, eps: float, param_dtype):
+    self.eps = eps
+    self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return self.scale[...].astype(x.dtype) * x32.astype(x.dtype)
+
+
+class SwiGLU(nnx.Module):
+  """down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, dim: int, hidden: int, *, use_bias: bool = False, dtype, param_dtype, rngs):
+    kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.gate_proj = linear(dim, hidden, **kw)
+    self.up_proj = linear(dim, hidden, **kw)
+    self.down_proj = linear(hidden, dim, **kw)
+
+  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    return self.down_proj(jax.nn.silu(self.gate_proj(x_BxTxD)) * self.up_proj(x_BxTxD))
+
+
+class Attention(nnx.Module):
+  """Grouped-query self-attention with RoPE, q/k/v bias and an optional KV cache."""
+
+  def __init__(self, dim: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
+               qkv_bias: bool, dtype, param_dtype, rngs):
+    if num_heads % num_kv_heads:
+      raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}")
+    self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.q_proj = linear(dim, num_heads * head_dim, use_bias=qkv_bias, **kw)
+    self.k_proj = linear(dim, num_kv_heads * head_dim, use_bias=qkv_bias, **kw)
+    self.v_proj = linear(dim, num_kv_heads * head_dim, use_bias=qkv_bias, **kw)
+    self.o_proj = linear(num_heads * head_dim, dim, use_bias=False, **kw)
+
+  def __call__(self, x_BxTxD, cos_BxTxH, sin_BxTxH, mask_BxTxS,
+               cache: kv_cache_lib.LayerCache | None = None, cache_index=0):
+    """Attends T new positions to S keys; with a cache, writes them at `cache_index`.
+
+    `mask_BxTxS` is True where query t may attend key s (causality and padding).
+    Returns the output and the updated layer cache (None without a cache).
+    """
+    B, T, _ = x_BxTxD.shape
+    q_BxTxNxH = self.q_proj(x_BxTxD).reshape(B, T, self.num_heads, self.head_dim)
+    k_BxTxKxH = self.k_proj(x_BxTxD).reshape(B, T, self.num_kv_heads, self.head_dim)
+    v_BxTxKxH = self.v_proj(x_BxTxD).reshape(B, T, self.num_kv_heads, self.head_dim)
+    q_BxTxNxH = rope.apply(q_BxTxNxH, cos_BxTxH, sin_BxTxH)
+    k_BxTxKxH = rope.apply(k_BxTxKxH, cos_BxTxH, sin_BxTxH)
+    if cache is not None:
+      cache = cache.write(k_BxTxKxH, v_BxTxKxH, cache_index)
+      k_BxSxKxH, v_BxSxKxH = cache.k, cache.v
+    else:
+      k_BxSxKxH, v_BxSxKxH = k_BxTxKxH, v_BxTxKxH
+    # Logits and softmax run in float32 inside; fully masked rows (padding queries)
+    # get a finite uniform softmax rather than NaN.
+    out_BxTxNxH = jax.nn.dot_product_attention(
+        q_BxTxNxH, k_BxSxKxH.astype(q_BxTxNxH.dtype), v_BxSxKxH.astype(q_BxTxNxH.dtype),
+        mask=mask_BxTxS[:, None, :, :], scale=self.head_dim**-0.5)
+    return self.o_proj(out_BxTxNxH.reshape(B, T, self.num_heads * self.head_dim)), cache

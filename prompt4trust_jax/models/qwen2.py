@@ -1,0 +1,206 @@
+"""Qwen2 / Qwen2.5 decoder-only LMs in Flax NNX (the Prompt4Trust policy).
+
+`Qwen2Decoder` is the text stack that the Qwen2-VL family reuses: it takes input
+embeddings and either 1-D positions `[B, T]` or, when the config has an
+`mrope_section`, 3-D (t, h, w) positions `[3, B, T]`. Axis legend: `layers.py`.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from prompt4trust_jax.models import kv_cache as kv_cache_lib
+from prompt4trust_jax.models import layers
+from prompt4trust_jax.models import rope
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen2Config:
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int | None = None  # None: hidden_size // num_heads
+  rope_theta: float = 1_000_000.0
+  rms_norm_eps: float = 1e-6
+  tie_word_embeddings: bool = False
+  qkv_bias: bool = True
+  mrope_section: tuple[int, ...] | None = None  # set by the Qwen2-VL family
+  dtype: str = "float32"  # compute dtype
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.head_dim is None:
+      object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+
+  @classmethod
+  def from_hf(cls, hf: dict[str, Any], **overrides) -> "Qwen2Config":
+    """Reads a hub `config.json` dict (text settings at top level)."""
+    return cls(**{**_text_fields_from_hf(hf), **overrides})
+
+
+def _text_fields_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+  if hf.get("use_sliding_window"):
+    raise NotImplementedError("config.json sets use_sliding_window=true; sliding-window "
+                              "attention is not implemented (Qwen2.5 checkpoints leave it off).")
+  rope_params = hf.get("rope_parameters") or {}
+  rope_scaling = hf.get("rope_scaling") or {}
+  rope_type = rope_scaling.get("type", rope_scaling.get("rope_type", rope_params.get("rope_type", "default")))
+  if rope_type not in ("default", "mrope"):
+    raise NotImplementedError(f"config.json rope type {rope_type!r} is not supported "
+                              "(supported: default, mrope).")
+  missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                         "num_attention_heads") if k not in hf]
+  if missing:
+    raise ValueError(f"config.json lacks required text-model fields {missing}.")
+  section = rope_scaling.get("mrope_section", rope_params.get("mrope_section"))
+  return dict(
+      vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+      intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
+      num_heads=hf["num_attention_heads"],
+      num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+      head_dim=hf.get("head_dim"),
+      rope_theta=float(hf.get("rope_theta", rope_params.get("rope_theta", 10_000.0))),
+      rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+      tie_word_embeddings=hf.get("tie_word_embeddings", False),
+      mrope_section=tuple(section) if section else None)
+
+
+def to_hf(config: Qwen2Config) -> dict[str, Any]:
+  """The hub-format `config.json` of a Qwen2 model (readable by every transformers)."""
+  return {
+      "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+      "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+      "intermediate_size": config.intermediate_size, "num_hidden_layers": config.num_layers,
+      "num_attention_heads": config.num_heads, "num_key_value_heads": config.num_kv_heads,
+      "head_dim": config.head_dim, "hidden_act": "silu", "rope_theta": config.rope_theta,
+      "rms_norm_eps": config.rms_norm_eps, "tie_word_embeddings": config.tie_word_embeddings,
+      "max_position_embeddings": 32768, "use_sliding_window": False,
+      "torch_dtype": config.param_dtype, "attention_dropout": 0.0,
+  }
+
+
+# Shapes of the released checkpoints (their hub config.json files).
+def qwen2p5_0p5b_instruct(**kw) -> Qwen2Config:
+  return Qwen2Config(151936, 896, 4864, 24, 14, 2, tie_word_embeddings=True, **kw)
+
+
+def qwen2p5_1p5b_instruct(**kw) -> Qwen2Config:
+  return Qwen2Config(151936, 1536, 8960, 28, 12, 2, tie_word_embeddings=True, **kw)
+
+
+def qwen2p5_3b_instruct(**kw) -> Qwen2Config:
+  return Qwen2Config(151936, 2048, 11008, 36, 16, 2, tie_word_embeddings=True, **kw)
+
+
+def qwen2p5_7b_instruct(**kw) -> Qwen2Config:
+  return Qwen2Config(152064, 3584, 18944, 28, 28, 4, tie_word_embeddings=False, **kw)
+
+
+class DecoderLayer(nnx.Module):
+
+  def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
+    dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    self.input_layernorm = layers.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=pdtype)
+    self.self_attn = layers.Attention(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                                      qkv_bias=cfg.qkv_bias, dtype=dtype, param_dtype=pdtype, rngs=rngs)
+    self.post_attention_layernorm = layers.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps,
+                                                   param_dtype=pdtype)
+    self.mlp = layers.SwiGLU(cfg.hidden_size, cfg.intermediate_size, dtype=dtype, param_dtype=pdtype,
+                             rngs=rngs)
+
+  def __call__(self, x_BxTxD, cos_BxTxH, sin_BxTxH, mask_BxTxS, cache, cache_index):
+    attn_BxTxD, cache = self.self_attn(self.input_layernorm(x_BxTxD), cos_BxTxH, sin_BxTxH,
+                                       mask_BxTxS, cache, cache_index)
+    x_BxTxD = x_BxTxD + attn_BxTxD
+    return x_BxTxD + self.mlp(self.post_attention_layernorm(x_BxTxD)), cache
+
+
+class Qwen2Decoder(nnx.Module):
+  """Embedding table, decoder layers and final norm (HF's `Qwen2Model`)."""
+
+  def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
+    self.config = cfg
+    self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=jnp.dtype(cfg.dtype),
+                                  param_dtype=jnp.dtype(cfg.param_dtype),
+                                  embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+    self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.norm = layers.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps,
+                               param_dtype=jnp.dtype(cfg.param_dtype))
+
+  def __call__(self, x_BxTxD, positions, mask_BxTxS, cache=None, cache_index=0):
+    """Runs the stack on embeddings; `positions` is `[B, T]` or, for M-RoPE, `[3, B, T]`."""
+    cfg = self.config
+    if cfg.mrope_section:
+      cos_BxTxH, sin_BxTxH = rope.mrope_cos_sin(positions, cfg.head_dim, cfg.rope_theta,
+                                                cfg.mrope_section)
+    else:
+      cos_BxTxH, sin_BxTxH = rope.cos_sin(positions, cfg.head_dim, cfg.rope_theta)
+    new_cache = []
+    for i, layer in enumerate(self.layers):
+      x_BxTxD, layer_cache = layer(x_BxTxD, cos_BxTxH, sin_BxTxH, mask_BxTxS,
+                                   None if cache is None else cache[i], cache_index)
+      new_cache.append(layer_cache)
+    return self.norm(x_BxTxD), (None if cache is None else tuple(new_cache))
+
+
+def positions_from_mask(attention_mask_BxT: jax.Array) -> jax.Array:
+  """Position of each token counting only real ones, so padding never shifts RoPE."""
+  return jnp.maximum(jnp.cumsum(attention_mask_BxT.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+class Qwen2ForCausalLM(nnx.Module):
+  """Decoder plus LM head (tied to the embedding table or not)."""
+
+  def __init__(self, config: Qwen2Config, *, rngs: nnx.Rngs):
+    self.config = config
+    self.model = Qwen2Decoder(config, rngs=rngs)
+    self.lm_head = None if config.tie_word_embeddings else layers.linear(
+        config.hidden_size, config.vocab_size, use_bias=False, dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype), rngs=rngs)
+
+  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
+               position_ids: jax.Array | None = None) -> jax.Array:
+    """Logits `[B, T, V]` (float32) for a batch without a cache.
+
+    With an `attention_mask` (1 = token, 0 = padding, left or right), padded keys are
+    ignored and positions count real tokens only; `position_ids` overrides that.
+    """
+    input_ids = jnp.asarray(input_ids)
+    B, T = input_ids.shape
+    if attention_mask is None:
+      attention_mask = jnp.ones((B, T), bool)
+    attention_mask = jnp.asarray(attention_mask)
+    if position_ids is None:
+      position_ids = positions_from_mask(attention_mask)
+    mask_BxTxS = kv_cache_lib.attention_mask(attention_mask, 0, T)
+    h_BxTxD, _ = self.model(self.model.embed_tokens(input_ids), jnp.asarray(position_ids), mask_BxTxS)
+    return self.logits(h_BxTxD)
+
+  def step(self, tokens_BxT, positions, mask_BxTxS, cache, cache_index):
+    """Hidden states for new tokens written into `cache` at `cache_index` (sampler path)."""
+    return self.model(self.model.embed_tokens(tokens_BxT), positions, mask_BxTxS, cache, cache_index)
+
+  def lm_head_kernel(self) -> jax.Array:
+    """The output projection `[D, V]` (the embedding table transposed when tied)."""
+    if self.lm_head is None:
+      return self.model.embed_tokens.embedding[...].T
+    return self.lm_head.kernel[...]
+
+  def logits(self, h_BxTxD: jax.Array, head_DxV: jax.Array | None = None) -> jax.Array:
+    """Float32 logits; a caller decoding many steps may pass `lm_head_kernel()` hoisted."""
+    if head_DxV is None:
+      head_DxV = self.lm_head_kernel()
+    dtype = jnp.dtype(self.config.dtype)
+    return jnp.dot(h_BxTxD.astype(dtype), head_DxV.astype(dtype),
+                   preferred_element_type=jnp.float32)
+
+  def init_cache(self, batch: int, length: int):
+    cfg = self.config
+    return kv_cache_lib.init(cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim,
+                             jnp.dtype(cfg.dtype))

@@ -1,0 +1,62 @@
+"""Device meshes and where parameters live on them.
+
+Mesh axes: `data` (batch), `fsdp` (parameters and batch), `tensor` (heads / MLP
+width). Parameters are placed by regex rules on their dotted path; an axis that is
+absent from the mesh or does not divide a dimension is dropped (that dimension is
+replicated), so one rule table serves every mesh from one CPU to a pod slice.
+"""
+
+import re
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Matrices are [in, out]; the embedding table is [V, D].
+PARAM_RULES = (
+    (r"embed_tokens\.embedding$", P("tensor", "fsdp")),
+    (r"lm_head\.kernel$", P("fsdp", "tensor")),
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)\.kernel$", P("fsdp", "tensor")),
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)\.bias$", P("tensor")),
+    (r"(o_proj|down_proj)\.kernel$", P("tensor", "fsdp")),
+    (r".*", P()),
+)
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> Mesh:
+  """A (data, fsdp, tensor) mesh; one size may be -1 for "all remaining devices"."""
+  devices = jax.devices() if devices is None else devices
+  sizes = [data, fsdp, tensor]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"At most one mesh axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}.")
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(f"{len(devices)} devices do not split into data={data} fsdp={fsdp} "
+                       f"tensor={tensor}.")
+    sizes[sizes.index(-1)] = len(devices) // known
+  if int(np.prod(sizes)) != len(devices):
+    raise ValueError(f"Mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
+                     f"{len(devices)} are present.")
+  return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+
+
+def fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+  """Drops mesh axes that the mesh lacks or that do not divide their dimension."""
+  fitted = []
+  for dim, axis in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    size = mesh.shape.get(axis, 0) if axis else 0
+    fitted.append(axis if size > 1 and dim % size == 0 else None)
+  return P(*fitted)
+
+
+def param_sharding(path: str, shape: tuple[int, ...], mesh: Mesh | None, rules=PARAM_RULES):
+  """The sharding of one parameter (a single device when there is no mesh)."""
+  if mesh is None:
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  for pattern, spec in rules:
+    if re.search(pattern, path):
+      return NamedSharding(mesh, fit_spec(spec, shape, mesh))
+  raise ValueError(f"No sharding rule matches parameter {path}.")

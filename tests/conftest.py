@@ -1,0 +1,30 @@
+"""Test setup: 8 fake CPU devices (set before JAX starts) and hub-layout checkpoints.
+
+Checkpoints are written by `transformers` itself (the oracle) from random weights,
+so loading them exercises exactly the layout users download.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+
+from tests import hf_oracle  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def qwen2_dir(tmp_path_factory):
+  """A small untied Qwen2 checkpoint written by transformers, with a tokenizer."""
+  return hf_oracle.write_qwen2(str(tmp_path_factory.mktemp("qwen2")), tie_word_embeddings=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+  """The library's own random tiny checkpoint (as the demo makes it)."""
+  from prompt4trust_jax import fixtures
+  return fixtures.write_random_qwen2(str(tmp_path_factory.mktemp("tiny")),
+                                     fixtures.shape_config("tiny"))

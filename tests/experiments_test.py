@@ -1,0 +1,42 @@
+"""The absl entry points run end to end as users launch them."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from prompt4trust_jax import models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout
+
+
+def test_demo_writes_hints(tmp_path):
+  out = _run("experiments.demo", "--config=configs/demo.py", f"--workdir={tmp_path}",
+             "--config.sampling.max_new_tokens=8")
+  assert out.count("  hint ") == 4
+  assert os.path.exists(tmp_path / "random_qwen2_tiny" / "model.safetensors")
+
+
+def test_convert_both_ways(qwen2_dir, tmp_path):
+  _run("experiments.convert", f"--hf_dir={qwen2_dir}", f"--out={tmp_path / 'orbax'}")
+  _run("experiments.convert", f"--ckpt_dir={tmp_path / 'orbax'}", f"--out={tmp_path / 'hf'}")
+  ids = np.arange(12).reshape(2, 6)
+  ref = np.asarray(models.from_pretrained(qwen2_dir)(input_ids=ids))
+  for path in ("orbax", "hf"):
+    np.testing.assert_array_equal(np.asarray(models.from_pretrained(str(tmp_path / path))(input_ids=ids)), ref)
+
+
+def test_bench_sampler_reports_throughput():
+  out = _run("experiments.bench_sampler", "--shape=tiny", "--batch=2", "--prompt_len=8",
+             "--new_tokens=4", "--repeats=1")
+  last = out.strip().splitlines()[-1]
+  assert last.startswith("tokens_per_s=") and float(last.split("=")[1]) > 0

@@ -1,0 +1,98 @@
+"""Qwen2 logits and greedy generation against transformers' PyTorch Qwen2."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prompt4trust_jax import models, sampling
+from tests import hf_oracle
+
+CONFIGS = {
+    "tied_gqa": dict(tie_word_embeddings=True),
+    "untied_mqa": dict(tie_word_embeddings=False, num_key_value_heads=1),
+    "mha_theta1e6": dict(num_attention_heads=4, num_key_value_heads=4, rope_theta=1e6),
+    # q/k/v width (heads x head_dim = 96) differs from the model width (64).
+    "wide_heads": dict(num_attention_heads=6, num_key_value_heads=2, head_dim=16,
+                       num_hidden_layers=3),
+}
+
+
+def _relative_error(ours, ref):
+  return np.abs(np.asarray(ours) - ref).max() / np.abs(ref).max()
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_logits_match_transformers(tmp_path, name):
+  path = hf_oracle.write_qwen2(str(tmp_path), seed=1, **CONFIGS[name])
+  ref_model = hf_oracle.load(path)
+  model = models.from_pretrained(path)
+  ids = np.random.default_rng(0).integers(0, 512, size=(2, 11))
+  ref = hf_oracle.logits(ref_model, ids)
+  assert _relative_error(model(input_ids=ids), ref) < 1e-4
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_matches_unpadded_rows(qwen2_dir, side):
+  ref_model = hf_oracle.load(qwen2_dir)
+  model = models.from_pretrained(qwen2_dir)
+  rng = np.random.default_rng(1)
+  prompts = [rng.integers(0, 512, n).tolist() for n in (5, 9)]
+  T = 9
+  ids = np.zeros((2, T), np.int64)
+  mask = np.zeros((2, T), np.int64)
+  for row, p in enumerate(prompts):
+    cols = slice(T - len(p), T) if side == "left" else slice(0, len(p))
+    ids[row, cols], mask[row, cols] = p, 1
+  logits = np.asarray(model(input_ids=ids, attention_mask=mask))
+  for row, p in enumerate(prompts):
+    ref = hf_oracle.logits(ref_model, [p])[0]
+    ours = logits[row][mask[row].astype(bool)]
+    assert _relative_error(ours, ref) < 1e-4
+
+
+def test_greedy_generation_matches_transformers(qwen2_dir):
+  ref_model = hf_oracle.load(qwen2_dir)
+  model = models.from_pretrained(qwen2_dir)
+  rng = np.random.default_rng(2)
+  prompts = [rng.integers(0, 512, n).tolist() for n in (3, 17, 8)]
+  out = sampling.generate(model, prompts, max_new_tokens=40, temperature=0)
+  for prompt, tokens in zip(prompts, out.tokens):
+    assert tokens == hf_oracle.greedy(ref_model, prompt, 40)
+
+
+def test_greedy_generation_stops_at_eos_like_transformers(qwen2_dir):
+  ref_model = hf_oracle.load(qwen2_dir)
+  model = models.from_pretrained(qwen2_dir)
+  prompts = [[7, 8, 9, 10], [100, 200]]
+  free_run = hf_oracle.greedy(ref_model, prompts[0], 12)
+  eos = free_run[5]
+  out = sampling.generate(model, prompts, max_new_tokens=12, temperature=0, eos_token_ids=[eos])
+  for prompt, tokens in zip(prompts, out.tokens):
+    assert tokens == hf_oracle.greedy(ref_model, prompt, 12, eos_token_id=eos)
+  assert out.tokens[0][-1] == eos and len(out.tokens[0]) <= 6
+
+
+def test_bfloat16_compute_tracks_float32(qwen2_dir):
+  f32 = models.from_pretrained(qwen2_dir)
+  bf16 = models.from_pretrained(qwen2_dir, dtype="bfloat16")
+  mixed = models.from_pretrained(qwen2_dir, dtype="bfloat16", param_dtype="float32")
+  assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(models.flat_params(bf16)))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(models.flat_params(mixed)))
+  ids = np.random.default_rng(3).integers(0, 512, size=(2, 16))
+  ref = np.asarray(f32(input_ids=ids))
+  for model in (bf16, mixed):
+    logits = np.asarray(model(input_ids=ids))
+    assert logits.dtype == np.float32
+    # bf16 keeps 8 mantissa bits: a few percent of the logit scale, far from f32's 1e-6.
+    assert 1e-5 < _relative_error(logits, ref) < 0.05
+
+
+def test_presets_have_released_shapes():
+  cfg = models.qwen2p5_1p5b_instruct()
+  assert (cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim) == (
+      1536, 28, 12, 2, 128)
+  assert cfg.tie_word_embeddings and not models.qwen2p5_7b_instruct().tie_word_embeddings
+  n_params = sum(np.prod(s.shape) for s in jax.tree.leaves(jax.eval_shape(
+      lambda: models.flat_params(models.Qwen2ForCausalLM(cfg, rngs=__import__("flax").nnx.Rngs(0))))))
+  assert 1.50e9 < n_params < 1.56e9  # Qwen2.5-1.5B has 1.54B parameters

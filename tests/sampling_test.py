@@ -1,0 +1,119 @@
+"""Sampler properties: filters, EOS, determinism, log-probabilities, batching, compile reuse."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prompt4trust_jax import models, sampling
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dir):
+  return models.from_pretrained(tiny_dir)
+
+
+def _keys(n):
+  return jax.random.split(jax.random.key(0), n)
+
+
+def test_top_k_and_top_p_never_leave_the_allowed_set():
+  logits = jax.random.normal(jax.random.key(1), (4, 50)) * 3
+  draw = jax.jit(jax.vmap(lambda k: sampling.sample_token(logits, k, temperature=0.7, top_k=5,
+                                                          top_p=0.8)[0]))
+  tokens = np.asarray(draw(_keys(2000)))  # [draws, rows]
+  probs = np.asarray(jax.nn.softmax(logits / 0.7))
+  for row in range(4):
+    order = np.argsort(-probs[row])
+    nucleus_size = np.searchsorted(np.cumsum(probs[row][order]), 0.8) + 1
+    allowed = set(order[:min(5, nucleus_size)].tolist())
+    seen = set(tokens[:, row].tolist())
+    assert seen <= allowed
+    assert seen == allowed  # every allowed token shows up in 2000 draws
+
+
+def test_sampling_frequencies_follow_the_tempered_distribution():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+  draw = jax.jit(jax.vmap(lambda k: sampling.sample_token(logits, k, temperature=0.5)[0][0]))
+  freqs = np.bincount(np.asarray(draw(_keys(20000))), minlength=4) / 20000
+  p = np.array([0.5, 0.3, 0.15, 0.05]) ** 2
+  np.testing.assert_allclose(freqs, p / p.sum(), atol=0.015)
+
+
+def test_logprob_is_the_full_tempered_log_softmax():
+  logits = jax.random.normal(jax.random.key(2), (3, 20))
+  token, logprob = sampling.sample_token(logits, jax.random.key(3), temperature=0.6, top_k=4,
+                                         top_p=0.9)
+  expected = jax.nn.log_softmax(logits / 0.6)[jnp.arange(3), token]
+  np.testing.assert_allclose(logprob, expected, rtol=1e-6)
+
+
+def test_sampler_logprobs_match_a_full_forward(model):
+  prompts = [[5, 6, 7], [9, 10, 11, 12, 13, 14, 15]]
+  out = sampling.generate(model, prompts, max_new_tokens=12, temperature=0.6, top_p=0.95,
+                          top_k=100, rng=jax.random.key(0))
+  for prompt, tokens, logprobs in zip(prompts, out.tokens, out.logprobs):
+    logits = np.asarray(model(input_ids=np.array([prompt + tokens])))[0]
+    scaled = jax.nn.log_softmax(logits[len(prompt) - 1:-1] / 0.6)
+    np.testing.assert_allclose(logprobs, np.asarray(scaled)[np.arange(len(tokens)), tokens],
+                               atol=1e-5)
+
+
+def test_eos_stops_only_its_row(model):
+  prompts = [[5, 6, 7], [20, 21]]
+  free = sampling.generate(model, prompts, max_new_tokens=10, temperature=0)
+  eos = free.tokens[0][3]
+  assert eos not in free.tokens[1], "pick prompts whose second row avoids the EOS"
+  out = sampling.generate(model, prompts, max_new_tokens=10, temperature=0, eos_token_ids=[eos])
+  stop = free.tokens[0].index(eos)
+  assert out.tokens[0] == free.tokens[0][:stop + 1]
+  assert out.tokens[1] == free.tokens[1] and len(out.tokens[1]) == 10
+  assert out.lengths_B.tolist() == [stop + 1, 10]
+  assert (out.tokens_BxN[0, stop + 1:] == 0).all() and (out.logprobs_BxN[0, stop + 1:] == 0).all()
+
+
+def test_deterministic_for_a_given_rng(model):
+  prompts = [[5, 6, 7], [8, 9]]
+  kw = dict(max_new_tokens=16, temperature=1.0, rng=jax.random.key(7))
+  a = sampling.generate(model, prompts, **kw)
+  b = sampling.generate(model, prompts, **kw)
+  c = sampling.generate(model, prompts, **{**kw, "rng": jax.random.key(8)})
+  assert a.tokens == b.tokens and a.tokens != c.tokens
+
+
+def test_batched_rows_equal_single_rows(model):
+  prompts = [[5, 6, 7], list(range(30, 55)), [99]]
+  batched = sampling.generate(model, prompts, max_new_tokens=20, temperature=0)
+  for prompt, tokens in zip(prompts, batched.tokens):
+    assert sampling.generate(model, [prompt], max_new_tokens=20, temperature=0).tokens[0] == tokens
+
+
+def test_no_recompilation_within_a_bucket(model):
+  kw = dict(max_new_tokens=8, temperature=0.6, top_k=100, top_p=0.95)
+  sampling.generate(model, [[1, 2, 3], [4, 5, 6, 7, 8]], rng=jax.random.key(0), **kw)
+  compiled = sampling.generate_padded._cache_size()
+  # New prompts, lengths, batch size and rng; same (batch, length) buckets.
+  sampling.generate(model, [[9] * 12, [10] * 2], rng=jax.random.key(1), **kw)
+  assert sampling.generate_padded._cache_size() == compiled
+  sampling.generate(model, [[9] * 20, [10] * 2], rng=jax.random.key(1), **kw)  # next bucket
+  assert sampling.generate_padded._cache_size() == compiled + 1
+
+
+@pytest.mark.parametrize("prompts,kwargs,match", [
+    ([], {}, "prompts is empty"),
+    ([[1], []], {}, r"prompts\[1\] is empty"),
+    ([[1, 5000]], {}, r"prompts\[0\] has token id 5000 outside"),
+    ([[1]], {"max_new_tokens": 0}, "max_new_tokens"),
+    ([[1]], {"top_p": 0.0}, "top_p"),
+    ([[1]], {"temperature": 0.5, "rng": None}, "rng"),
+])
+def test_bad_arguments_are_named(model, prompts, kwargs, match):
+  kw = {"max_new_tokens": 4, "temperature": 0, **kwargs}
+  with pytest.raises(ValueError, match=match):
+    sampling.generate(model, prompts, **kw)
+
+
+def test_buckets():
+  assert [sampling.bucket_length(n) for n in (1, 16, 17, 100, 512, 513)] == [16, 16, 32, 128, 512,
+                                                                             1024]
+  assert [sampling.bucket_batch(n) for n in (1, 3, 8, 9)] == [1, 4, 8, 16]
