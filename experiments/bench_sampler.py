@@ -4,8 +4,9 @@
       --new_tokens=64 --compare_hf
 
 EOS is disabled so every row generates exactly `new_tokens`; the first (compiling)
-call is excluded. Prints a roofline estimate from measured memory bandwidth and
-matmul throughput, and `tokens_per_s=` last.
+call is excluded. Prefill and per-token decode are timed apart and set against
+rooflines from this device's measured matmul throughput (prefill) and memory
+bandwidth (decode reads every weight once per step). `tokens_per_s=` comes last.
 """
 
 import time
@@ -45,19 +46,16 @@ def _median_seconds(fn, repeats):
   return float(np.median(times))
 
 
-def _roofline(param_bytes, flops_per_step):
-  """Bandwidth and matmul throughput measured on this device, and the implied floor."""
+def _device_peaks():
+  """Memory bandwidth (bytes/s) and matmul throughput (FLOP/s) measured on this device."""
   big = jnp.ones((256 << 20) // 4, jnp.float32)  # 256 MiB, beyond any cache
   read = jax.jit(jnp.sum)
-  seconds = _median_seconds(lambda: read(big).block_until_ready(), 5)
-  bandwidth = big.nbytes / seconds
+  bandwidth = big.nbytes / _median_seconds(lambda: read(big).block_until_ready(), 5)
   a = jnp.ones((2048, 2048), jnp.dtype(_DTYPE.value))
   matmul = jax.jit(lambda x: x @ x)
-  seconds = _median_seconds(lambda: matmul(a).block_until_ready(), 5)
-  flops = 2 * 2048**3 / seconds
-  step_floor = max(param_bytes / bandwidth, flops_per_step / flops)
+  flops = 2 * 2048**3 / _median_seconds(lambda: matmul(a).block_until_ready(), 5)
   print(f"memory_bandwidth_GBps={bandwidth / 1e9:.1f} matmul_GFLOPs={flops / 1e9:.0f}")
-  return step_floor
+  return bandwidth, flops
 
 
 def _hf_tokens_per_s(config, prompts):
@@ -90,24 +88,34 @@ def main(argv):
   prompts = np.random.default_rng(0).integers(
       0, config.vocab_size, (_BATCH.value, _PROMPT_LEN.value)).tolist()
   n = _NEW_TOKENS.value
-  keys = iter(jax.random.split(jax.random.key(0), _REPEATS.value + 1))
+  keys = iter(jax.random.split(jax.random.key(0), 2 * (_REPEATS.value + 1)))
 
-  def run():
-    out = sampling.generate(model, prompts, max_new_tokens=n, rng=next(keys), **SAMPLING)
-    assert (out.lengths_B == n).all()
+  def seconds_for(new_tokens):
+    def run():
+      out = sampling.generate(model, prompts, max_new_tokens=new_tokens, rng=next(keys), **SAMPLING)
+      assert (out.lengths_B == new_tokens).all()
+    return _median_seconds(run, _REPEATS.value)
 
-  seconds = _median_seconds(run, _REPEATS.value)
+  seconds = seconds_for(n)
+  prefill_seconds = seconds_for(1)  # prefill and the first token
+  step_seconds = (seconds - prefill_seconds) / max(n - 1, 1)
   tokens_per_s = _BATCH.value * n / seconds
   params = models.flat_params(model)
-  param_bytes = sum(x.nbytes for x in params.values())
   n_params = sum(x.size for x in params.values())
-  step_floor = _roofline(param_bytes, 2 * n_params * _BATCH.value)
+  bandwidth, flops = _device_peaks()
+  # Prefill is matmul bound: 2 FLOPs per non-embedding parameter per prompt token.
+  embedding = config.vocab_size * config.hidden_size
+  prefill_floor = 2 * (n_params - embedding) * _BATCH.value * _PROMPT_LEN.value / flops
+  # A decode step reads every weight once (the tied head reads the embedding table).
+  step_floor = max(sum(x.nbytes for x in params.values()) / bandwidth,
+                   2 * n_params * _BATCH.value / flops)
   print(f"device={jax.devices()[0].device_kind} shape={_SHAPE.value} dtype={_DTYPE.value} "
         f"params={n_params / 1e6:.1f}M batch={_BATCH.value} prompt_len={_PROMPT_LEN.value} "
         f"new_tokens={n}")
-  print(f"seconds_per_call={seconds:.3f} ms_per_token_step={1e3 * seconds / n:.2f} "
-        f"roofline_ms_per_step={1e3 * step_floor:.2f} "
-        f"roofline_fraction={step_floor / (seconds / n):.2f}")
+  print(f"seconds_per_call={seconds:.3f} prefill_s={prefill_seconds:.3f} "
+        f"prefill_roofline_s={prefill_floor:.3f} decode_ms_per_step={1e3 * step_seconds:.2f} "
+        f"decode_roofline_ms_per_step={1e3 * step_floor:.2f} "
+        f"decode_roofline_fraction={step_floor / step_seconds:.2f}")
   if _COMPARE_HF.value:
     hf = _hf_tokens_per_s(config, prompts)
     print(f"hf_tokens_per_s={hf:.1f}")
