@@ -96,7 +96,7 @@ def generate_padded(graphdef, state, tokens_BxP, mask_BxP, rng, *, max_new_token
     head_DxV = jax.lax.optimization_barrier(head_DxV)
   cache = model.init_cache(B, P + N)
   kv_valid_BxS = jnp.concatenate([mask_BxP.astype(bool), jnp.ones((B, N), bool)], axis=1)
-  h_BxPxD, cache = model.step(tokens_BxP, positions_from_mask(mask_BxP),
+  h_BxPxD, cache = model.step(model.embed(tokens_BxP), positions_from_mask(mask_BxP),
                               kv_cache_lib.attention_mask(kv_valid_BxS, 0, P), cache, 0)
   token_B, logprob_B = sample(model.logits(h_BxPxD[:, -1], head_DxV), jax.random.fold_in(rng, 0))
   is_row_B = mask_BxP.any(axis=-1)
@@ -115,7 +115,7 @@ def generate_padded(graphdef, state, tokens_BxP, mask_BxP, rng, *, max_new_token
   def body(carry):
     i, token_B, tokens_BxN, logprobs_BxN, lengths_B, done_B, cache = carry
     slot = P + i - 1  # where the previous token goes
-    h_Bx1xD, cache = model.step(token_B[:, None], (first_position_B + i - 1)[:, None],
+    h_Bx1xD, cache = model.step(model.embed(token_B[:, None]), (first_position_B + i - 1)[:, None],
                                 kv_cache_lib.attention_mask(kv_valid_BxS, slot, 1), cache, slot)
     new_B, logprob_B = sample(model.logits(h_Bx1xD[:, 0], head_DxV), jax.random.fold_in(rng, i))
     new_B = jnp.where(done_B, pad_token_id, new_B)

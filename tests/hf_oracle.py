@@ -56,3 +56,54 @@ def greedy(model, prompt: list[int], max_new_tokens: int, eos_token_id=None) -> 
                          do_sample=False, max_new_tokens=max_new_tokens,
                          eos_token_id=eos_token_id, pad_token_id=0)
   return out[0, len(prompt):].tolist()
+
+
+IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END = 290, 291, 292, 293
+VL_TEXT = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
+               rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
+                                "rope_theta": 10000.0})
+VL_IDS = dict(image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN,
+              vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)
+
+
+def qwen2_vl_model(seed: int = 0, qwen2_5: bool = False, tie_word_embeddings: bool = False):
+  """A tiny random Qwen2-VL (or Qwen2.5-VL with windows and a full-attention block)."""
+  torch.manual_seed(seed)
+  if qwen2_5:
+    config = transformers.Qwen2_5_VLConfig(
+        text_config=VL_TEXT, vision_config=dict(
+            depth=3, hidden_size=32, intermediate_size=48, num_heads=4, out_hidden_size=64,
+            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+            fullatt_block_indexes=[1]),
+        tie_word_embeddings=tie_word_embeddings, **VL_IDS)
+    model = transformers.Qwen2_5_VLForConditionalGeneration(config)
+  else:
+    config = transformers.Qwen2VLConfig(
+        text_config=VL_TEXT, vision_config=dict(
+            depth=2, embed_dim=32, hidden_size=64, num_heads=4, mlp_ratio=2, patch_size=14,
+            spatial_merge_size=2, temporal_patch_size=2),
+        tie_word_embeddings=tie_word_embeddings, **VL_IDS)
+    model = transformers.Qwen2VLForConditionalGeneration(config)
+  randomize_(model, seed, std=0.05)
+  return model.eval()
+
+
+def image_processor(min_pixels=56 * 56, max_pixels=28 * 28 * 64):
+  return transformers.Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+
+
+def vl_logits(model, input_ids, pixel_values=None, image_grid_thw=None) -> np.ndarray:
+  """Logits of one unpadded multimodal prompt (batch 1)."""
+  ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)[None]
+  kw = {}
+  if pixel_values is not None:
+    kw = dict(pixel_values=torch.as_tensor(np.asarray(pixel_values)),
+              image_grid_thw=torch.as_tensor(np.asarray(image_grid_thw)),
+              mm_token_type_ids=(ids == IMAGE_TOKEN).long())
+  with torch.no_grad():
+    return model(input_ids=ids, **kw).logits[0].float().numpy()
+
+
+def load_vl(path: str):
+  return transformers.AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()

@@ -2,7 +2,7 @@
 
 Each `Rule` pairs a hub key template with our parameter path template (`{name}`
 matches one dotted segment) and says whether the matrix is stored transposed
-(torch Linear keeps [out, in]; ours is [in, out]). The same table drives import
+(torch Linear keeps [out, in]; ours is [in, out]) or otherwise permuted. The same table drives import
 and export. Only safetensors are read: pickle checkpoints can execute code.
 """
 
@@ -25,9 +25,13 @@ INDEX_FILE = "model.safetensors.index.json"
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
+  """`perm`: our axis k is the hub tensor's axis perm[k] (None: same layout)."""
   hf: str
   ours: str
-  transpose: bool = False
+  perm: tuple[int, ...] | None = None
+
+
+T = (1, 0)  # torch Linear [out, in] -> ours [in, out]
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,15 +45,15 @@ def _translate(key: str, rules, src: str, dst: str):
   for rule in rules:
     m = _template_regex(getattr(rule, src)).match(key)
     if m:
-      return getattr(rule, dst).format(**m.groupdict()), rule.transpose
-  return None, False
+      return getattr(rule, dst).format(**m.groupdict()), rule.perm
+  return None, None
 
 
-def hf_to_ours(key: str, rules) -> tuple[str | None, bool]:
+def hf_to_ours(key: str, rules) -> tuple[str | None, tuple[int, ...] | None]:
   return _translate(key, rules, "hf", "ours")
 
 
-def ours_to_hf(path: str, rules) -> tuple[str | None, bool]:
+def ours_to_hf(path: str, rules) -> tuple[str | None, tuple[int, ...] | None]:
   return _translate(path, rules, "ours", "hf")
 
 
@@ -91,15 +95,15 @@ def load(hf_dir: str, targets: Mapping[str, jax.ShapeDtypeStruct], rules,
   """
   files = weight_files(hf_dir)
   ignore_res = [re.compile(p) for p in ignore]
-  plan: dict[str, tuple[str, bool]] = {}
+  plan: dict[str, tuple[str, tuple[int, ...] | None]] = {}
   unknown = []
   for key in files:
-    path, transpose = hf_to_ours(key, rules)
+    path, perm = hf_to_ours(key, rules)
     if path is None or path not in targets:
       if not any(r.search(key) for r in ignore_res):
         unknown.append(key)
       continue
-    plan[path] = (key, transpose)
+    plan[path] = (key, perm)
   if unknown:
     raise ValueError(f"{hf_dir}: tensors this model does not have: {unknown[:8]}"
                      f"{' ...' if len(unknown) > 8 else ''}. Is config.json the checkpoint's own?")
@@ -112,22 +116,24 @@ def load(hf_dir: str, targets: Mapping[str, jax.ShapeDtypeStruct], rules,
     handles = {f: stack.enter_context(safetensors.safe_open(f, framework="numpy"))
                for f in sorted(set(files.values()))}
     slices = {}
-    for path, (key, transpose) in plan.items():
+    for path, (key, perm) in plan.items():
       sl = handles[files[key]].get_slice(key)
-      shape = tuple(sl.get_shape())
-      if transpose:
-        shape = shape[::-1]
+      hf_shape = tuple(sl.get_shape())
+      shape = hf_shape if perm is None else tuple(hf_shape[a] for a in perm)
       if shape != tuple(targets[path].shape):
-        raise ValueError(f"{hf_dir}: tensor {key} has shape {tuple(sl.get_shape())}, expected "
-                         f"{tuple(targets[path].shape)[::-1] if transpose else targets[path].shape} "
+        expected = tuple(targets[path].shape)
+        if perm is not None:
+          expected = tuple(expected[perm.index(a)] for a in range(len(perm)))
+        raise ValueError(f"{hf_dir}: tensor {key} has shape {hf_shape}, expected {expected} "
                          "for this config.json.")
-      slices[path] = (sl, transpose)
+      slices[path] = (sl, perm)
 
     def read(path, index):
-      sl, transpose = slices[path]
-      if transpose:
-        return np.asarray(sl[index[::-1]]).T.astype(targets[path].dtype)
-      return np.asarray(sl[index]).astype(targets[path].dtype)
+      sl, perm = slices[path]
+      if perm is None:
+        return np.asarray(sl[index]).astype(targets[path].dtype)
+      hf_index = tuple(index[perm.index(a)] for a in range(len(perm)))
+      return np.transpose(np.asarray(sl[hf_index]), perm).astype(targets[path].dtype)
 
     return {path: jax.make_array_from_callback(t.shape, t.sharding,
                                                lambda index, path=path: read(path, index))
@@ -141,14 +147,14 @@ def save(params: Mapping[str, jax.Array], out_dir: str, rules, *, dtype=None,
   shards: list[dict[str, np.ndarray]] = [{}]
   size = 0
   for path in sorted(params):
-    key, transpose = ours_to_hf(path, rules)
+    key, perm = ours_to_hf(path, rules)
     if key is None:
       raise ValueError(f"No Hugging Face name for parameter {path}; add a rule.")
     array = np.asarray(jax.device_get(params[path]))
     if dtype is not None:
       array = array.astype(dtype)
-    if transpose:
-      array = np.ascontiguousarray(array.T)
+    if perm is not None:
+      array = np.ascontiguousarray(np.transpose(array, np.argsort(perm)))
     if size and size + array.nbytes > max_shard_bytes:
       shards.append({})
       size = 0

@@ -137,6 +137,8 @@ class Qwen2Decoder(nnx.Module):
     """Runs the stack on embeddings; `positions` is `[B, T]` or, for M-RoPE, `[3, B, T]`."""
     cfg = self.config
     if cfg.mrope_section:
+      if positions.ndim == 2:  # text tokens: t = h = w
+        positions = jnp.broadcast_to(positions, (3, *positions.shape))
       cos_BxTxH, sin_BxTxH = rope.mrope_cos_sin(positions, cfg.head_dim, cfg.rope_theta,
                                                 cfg.mrope_section)
     else:
@@ -154,15 +156,57 @@ def positions_from_mask(attention_mask_BxT: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.cumsum(attention_mask_BxT.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-class Qwen2ForCausalLM(nnx.Module):
+class DecoderLM(nnx.Module):
+  """What the sampler needs from a decoder LM: embed, step with a cache, logits.
+
+  Subclasses set `self.text_config`, `self.model` (a `Qwen2Decoder`) and
+  `self.lm_head` (None when tied to the embedding table).
+  """
+
+  def embed(self, tokens_BxT: jax.Array, image_embeds_IxD: jax.Array | None = None) -> jax.Array:
+    if image_embeds_IxD is not None:
+      raise ValueError(f"{type(self).__name__} takes no images.")
+    return self.model.embed_tokens(tokens_BxT)
+
+  def step(self, x_BxTxD, positions, mask_BxTxS, cache, cache_index):
+    """Hidden states for new input embeddings written into `cache` at `cache_index`."""
+    return self.model(x_BxTxD, positions, mask_BxTxS, cache, cache_index)
+
+  def lm_head_kernel(self) -> jax.Array:
+    """The output projection `[D, V]` (the embedding table transposed when tied)."""
+    if self.lm_head is None:
+      return self.model.embed_tokens.embedding[...].T
+    return self.lm_head.kernel[...]
+
+  def logits(self, h_BxTxD: jax.Array, head_DxV: jax.Array | None = None) -> jax.Array:
+    """Float32 logits; a caller decoding many steps may pass `lm_head_kernel()` hoisted."""
+    if head_DxV is None:
+      head_DxV = self.lm_head_kernel()
+    dtype = jnp.dtype(self.text_config.dtype)
+    return jnp.dot(h_BxTxD.astype(dtype), head_DxV.astype(dtype),
+                   preferred_element_type=jnp.float32)
+
+  def init_cache(self, batch: int, length: int):
+    cfg = self.text_config
+    return kv_cache_lib.init(cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim,
+                             jnp.dtype(cfg.dtype))
+
+
+def _lm_head(config: Qwen2Config, rngs: nnx.Rngs):
+  if config.tie_word_embeddings:
+    return None
+  return layers.linear(config.hidden_size, config.vocab_size, use_bias=False,
+                       dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype),
+                       rngs=rngs)
+
+
+class Qwen2ForCausalLM(DecoderLM):
   """Decoder plus LM head (tied to the embedding table or not)."""
 
   def __init__(self, config: Qwen2Config, *, rngs: nnx.Rngs):
-    self.config = config
+    self.config = self.text_config = config
     self.model = Qwen2Decoder(config, rngs=rngs)
-    self.lm_head = None if config.tie_word_embeddings else layers.linear(
-        config.hidden_size, config.vocab_size, use_bias=False, dtype=jnp.dtype(config.dtype),
-        param_dtype=jnp.dtype(config.param_dtype), rngs=rngs)
+    self.lm_head = _lm_head(config, rngs)
 
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                position_ids: jax.Array | None = None) -> jax.Array:
@@ -179,28 +223,5 @@ class Qwen2ForCausalLM(nnx.Module):
     if position_ids is None:
       position_ids = positions_from_mask(attention_mask)
     mask_BxTxS = kv_cache_lib.attention_mask(attention_mask, 0, T)
-    h_BxTxD, _ = self.model(self.model.embed_tokens(input_ids), jnp.asarray(position_ids), mask_BxTxS)
+    h_BxTxD, _ = self.step(self.embed(input_ids), jnp.asarray(position_ids), mask_BxTxS, None, 0)
     return self.logits(h_BxTxD)
-
-  def step(self, tokens_BxT, positions, mask_BxTxS, cache, cache_index):
-    """Hidden states for new tokens written into `cache` at `cache_index` (sampler path)."""
-    return self.model(self.model.embed_tokens(tokens_BxT), positions, mask_BxTxS, cache, cache_index)
-
-  def lm_head_kernel(self) -> jax.Array:
-    """The output projection `[D, V]` (the embedding table transposed when tied)."""
-    if self.lm_head is None:
-      return self.model.embed_tokens.embedding[...].T
-    return self.lm_head.kernel[...]
-
-  def logits(self, h_BxTxD: jax.Array, head_DxV: jax.Array | None = None) -> jax.Array:
-    """Float32 logits; a caller decoding many steps may pass `lm_head_kernel()` hoisted."""
-    if head_DxV is None:
-      head_DxV = self.lm_head_kernel()
-    dtype = jnp.dtype(self.config.dtype)
-    return jnp.dot(h_BxTxD.astype(dtype), head_DxV.astype(dtype),
-                   preferred_element_type=jnp.float32)
-
-  def init_cache(self, batch: int, length: int):
-    cfg = self.config
-    return kv_cache_lib.init(cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim,
-                             jnp.dtype(cfg.dtype))

@@ -1,0 +1,206 @@
+"""Image loading (modes, broken files, size filter) and Qwen2-VL preprocessing vs transformers."""
+
+import json
+
+import numpy as np
+import pytest
+import transformers
+from PIL import Image
+
+from prompt4trust_jax import images
+
+
+def _noise(width, height, seed=0):
+  rng = np.random.default_rng(seed)
+  return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def _save(img, path, fmt="PNG"):
+  img.save(path, format=fmt)
+  return str(path)
+
+
+def test_rgb_passes_through_unchanged(tmp_path):
+  img = _noise(40, 30)
+  out = images.load_image(_save(img, tmp_path / "a.png"))
+  assert out.mode == "RGB" and out.size == (40, 30)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(img))
+
+
+def test_grayscale_and_palette_become_rgb(tmp_path):
+  gray = Image.fromarray(np.arange(32 * 32, dtype=np.uint8).reshape(32, 32) % 251, "L")
+  out = np.asarray(images.load_image(_save(gray, tmp_path / "l.png")))
+  np.testing.assert_array_equal(out, np.repeat(np.asarray(gray)[..., None], 3, axis=-1))
+  palette = _noise(32, 32).quantize(16)
+  out = images.load_image(_save(palette, tmp_path / "p.png"))
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(palette.convert("RGB")))
+
+
+def test_transparency_is_composited_on_white(tmp_path):
+  rgba = np.zeros((32, 32, 4), np.uint8)
+  rgba[0, 0] = (0, 0, 0, 0)          # fully transparent black
+  rgba[0, 1] = (10, 20, 30, 255)     # opaque
+  rgba[0, 2] = (0, 0, 0, 128)        # half-transparent black
+  out = np.asarray(images.load_image(_save(Image.fromarray(rgba, "RGBA"), tmp_path / "a.png")))
+  np.testing.assert_array_equal(out[0, 0], [255, 255, 255])
+  np.testing.assert_array_equal(out[0, 1], [10, 20, 30])
+  np.testing.assert_allclose(out[0, 2], [127, 127, 127], atol=1)
+  la = Image.fromarray(rgba[..., [0, 3]].copy(), "LA")
+  assert tuple(images.load_image(_save(la, tmp_path / "la.png")).getpixel((0, 0))) == (255,) * 3
+  palette = Image.new("P", (32, 32), 3)
+  palette.putpalette([0, 0, 0] * 4)
+  palette.save(tmp_path / "p.png", transparency=3)
+  out = images.load_image(tmp_path / "p.png")
+  assert out.mode == "RGB" and out.getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_16_bit_is_scaled_not_clipped(tmp_path):
+  deep = np.full((32, 32), 65535, np.uint16)
+  deep[0, :3] = (0, 128 * 257, 1000)
+  out = images.load_image(_save(Image.fromarray(deep), tmp_path / "d.png"))
+  assert out.mode == "RGB"
+  np.testing.assert_array_equal(np.asarray(out)[0, :4, 0], [0, 128, 4, 255])
+
+
+def test_float_and_cmyk_become_rgb(tmp_path):
+  x = np.zeros((32, 32), np.float32)
+  x[0, :3] = (-1.0, 0.0, 1.0)
+  out = np.asarray(images.load_image(_save(Image.fromarray(x, "F"), tmp_path / "f.tiff", "TIFF")))
+  np.testing.assert_array_equal(out[0, :3, 0], [0, 128, 255])
+  cmyk = images.load_image(_save(_noise(32, 32).convert("CMYK"), tmp_path / "c.jpg", "JPEG"))
+  assert cmyk.mode == "RGB"
+
+
+def test_bytes_input_matches_path(tmp_path):
+  path = _save(_noise(30, 50), tmp_path / "a.png")
+  with open(path, "rb") as f:
+    data = f.read()
+  np.testing.assert_array_equal(np.asarray(images.load_image(data)),
+                                np.asarray(images.load_image(path)))
+  with pytest.raises(images.ImageError, match=f"<{len(data) // 2} bytes>"):
+    images.load_image(data[:len(data) // 2])
+
+
+def test_corrupt_and_missing_files_name_the_path(tmp_path):
+  path = tmp_path / "noise.png"
+  path.write_bytes(np.random.default_rng(0).bytes(500))
+  with pytest.raises(images.ImageError, match="noise.png.*not an image"):
+    images.load_image(str(path))
+  with pytest.raises(images.ImageError, match="nope.png.*no such file"):
+    images.load_image(tmp_path / "nope.png")
+  with pytest.raises(TypeError, match="int"):
+    images.load_image(3)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_truncated_file_fails_at_load(tmp_path, fmt):
+  path = tmp_path / f"cut.{fmt.lower()}"
+  data = open(_save(_noise(64, 64), path, fmt), "rb").read()
+  path.write_bytes(data[:len(data) // 2])
+  with pytest.raises(images.ImageError, match=f"cut.{fmt.lower()}.*truncated"):
+    images.load_image(str(path))
+
+
+@pytest.mark.parametrize("width,height", [(1, 1), (20, 300), (300, 27)])
+def test_too_small_images_are_rejected_with_their_size(tmp_path, width, height):
+  path = _save(_noise(width, height), tmp_path / "small.png")
+  with pytest.raises(images.ImageError, match=f"small.png.*{width}x{height} px"):
+    images.load_image(path)
+
+
+def test_min_side_is_configurable(tmp_path):
+  path = _save(_noise(20, 300), tmp_path / "a.png")
+  assert images.load_image(path, min_side=20).size == (20, 300)
+
+
+def test_decompression_bomb_is_wrapped(tmp_path, monkeypatch):
+  path = _save(_noise(64, 64), tmp_path / "bomb.png")
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 px > 2x the limit: an error
+  with pytest.raises(images.ImageError, match="bomb.png.*MAX_IMAGE_PIXELS"):
+    images.load_image(path)
+
+
+SIZES = [(224, 224), (300, 100), (57, 901), (28, 28)]
+
+
+@pytest.mark.parametrize("width,height", SIZES)
+def test_preprocess_equals_transformers(width, height):
+  img = _noise(width, height, seed=width)
+  pixels_PxD, grid_Ix3 = images.preprocess([img])
+  ref = transformers.Qwen2VLImageProcessorPil()([img], return_tensors="np")
+  assert pixels_PxD.dtype == np.float32 and grid_Ix3.dtype == np.int64
+  np.testing.assert_array_equal(pixels_PxD, ref["pixel_values"])
+  np.testing.assert_array_equal(grid_Ix3, ref["image_grid_thw"])
+
+
+def test_batch_layout_follows_the_merge_constraints():
+  config = images.ImageConfig()
+  pixels_PxD, grid_Ix3 = images.preprocess([_noise(w, h) for w, h in SIZES], config)
+  assert grid_Ix3.shape == (len(SIZES), 3)
+  assert pixels_PxD.shape == (grid_Ix3.prod(axis=1).sum(), 3 * 2 * 14 * 14)
+  assert (grid_Ix3[:, 0] == 1).all()
+  assert (grid_Ix3[:, 1:] % config.merge_size == 0).all()
+  assert (grid_Ix3[:, 1:] * config.patch_size).prod(axis=1).max() <= config.max_pixels
+  for thw in grid_Ix3:
+    assert images.num_image_tokens(thw, config.merge_size) == thw.prod() // 4
+
+
+def test_unresized_patch_layout_by_hand():
+  # 56x56 needs no resize: row 0 is the top-left 14x14 patch, normalised, channel-major and
+  # repeated over the 2 temporal slots.
+  img = _noise(56, 56)
+  pixels_PxD, grid_Ix3 = images.preprocess([img])
+  np.testing.assert_array_equal(grid_Ix3, [[1, 4, 4]])
+  mean, std = np.array(transformers.image_utils.OPENAI_CLIP_MEAN), np.array(
+      transformers.image_utils.OPENAI_CLIP_STD)
+  patch_CxHxW = ((np.asarray(img)[:14, :14] / 255.0 - mean) / std).transpose(2, 0, 1)
+  want = np.repeat(patch_CxHxW[:, None], 2, axis=1).reshape(-1)
+  np.testing.assert_allclose(pixels_PxD[0], want, atol=1e-5)
+
+
+def test_smaller_pixel_budget_gives_a_smaller_grid():
+  img = _noise(448, 448)
+  _, big = images.preprocess([img])
+  _, small = images.preprocess([img], images.ImageConfig(max_pixels=28 * 28 * 16))
+  assert small.prod() < big.prod() and small.prod() <= 4 * 16
+
+
+def test_preprocess_rejects_bad_input():
+  with pytest.raises(images.ImageError, match="Image 1 is mode 'RGBA'.*load_image"):
+    images.preprocess([_noise(56, 56), Image.new("RGBA", (56, 56))])
+  with pytest.raises(ValueError, match="no images"):
+    images.preprocess([])
+  with pytest.raises(ValueError, match="min_pixels=10, max_pixels=5"):
+    images.ImageConfig(min_pixels=10, max_pixels=5)
+  with pytest.raises(ValueError, match="merge_size=2"):
+    images.num_image_tokens((1, 3, 4), 2)
+
+
+def test_from_pretrained_honours_saved_settings(tmp_path):
+  saved = transformers.Qwen2VLImageProcessorPil(min_pixels=1000, max_pixels=28 * 28 * 64,
+                                                image_mean=[0.5] * 3, image_std=[0.5] * 3)
+  saved.save_pretrained(tmp_path)
+  img = _noise(500, 300)
+  pixels_PxD, grid_Ix3 = images.preprocess([img], images.image_processor_from_pretrained(tmp_path))
+  ref = saved([img], return_tensors="np")
+  np.testing.assert_array_equal(pixels_PxD, ref["pixel_values"])
+  np.testing.assert_array_equal(grid_Ix3, ref["image_grid_thw"])
+  smaller = images.image_processor_from_pretrained(tmp_path, max_pixels=28 * 28 * 8)
+  assert images.preprocess([img], smaller)[1].prod() < grid_Ix3.prod()
+
+
+def test_from_pretrained_reads_the_hub_layout(tmp_path):
+  # Qwen2-VL-2B-Instruct's file: top-level min/max_pixels, type named after the torch class.
+  (tmp_path / "preprocessor_config.json").write_text(json.dumps({
+      "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2,
+      "merge_size": 2, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+      "image_std": [0.26862954, 0.26130258, 0.27577711],
+      "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2VLProcessor"}))
+  processor = images.image_processor_from_pretrained(str(tmp_path), min_pixels=5000)
+  assert isinstance(processor, transformers.Qwen2VLImageProcessorPil)
+  assert (processor.size.shortest_edge, processor.size.longest_edge) == (5000, 12845056)
+
+
+def test_from_pretrained_without_config_names_the_directory(tmp_path):
+  with pytest.raises(FileNotFoundError, match=f"preprocessor_config.json.*{tmp_path}"):
+    images.image_processor_from_pretrained(str(tmp_path))

@@ -1,0 +1,102 @@
+"""Qwen2-VL / Qwen2.5-VL logits against transformers' PyTorch models."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from prompt4trust_jax import models
+from prompt4trust_jax.models import qwen2_vl
+from tests import hf_oracle
+
+S, E, IMG = hf_oracle.VISION_START, hf_oracle.VISION_END, hf_oracle.IMAGE_TOKEN
+
+
+def _image(w, h, seed):
+  return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), np.uint8))
+
+
+def _prompt(text_ids, images_grid, merge=2):
+  """[text] then, per image, <vision_start> image tokens <vision_end>, then [text]."""
+  ids = list(text_ids[:3])
+  for t, h, w in images_grid:
+    ids += [S] + [IMG] * (t * h * w // merge**2) + [E]
+  return ids + list(text_ids[3:])
+
+
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
+def vl_dir(request, tmp_path_factory):
+  model = hf_oracle.qwen2_vl_model(seed=3, qwen2_5=request.param == "qwen2_5_vl")
+  path = str(tmp_path_factory.mktemp(request.param))
+  model.save_pretrained(path)
+  return path
+
+
+def test_logits_match_transformers_batched(vl_dir):
+  ref = hf_oracle.load_vl(vl_dir)
+  model = models.from_pretrained(vl_dir)
+  proc = hf_oracle.image_processor()
+  rng = np.random.default_rng(0)
+  # Row 0: one wide image; row 1: two images (square and tall), a longer prompt.
+  row_images = [[_image(168, 112, 0)], [_image(56, 56, 1), _image(84, 140, 2)]]
+  rows = []
+  for b, images in enumerate(row_images):
+    out = proc(images=images, return_tensors="np")
+    ids = _prompt(rng.integers(0, 280, 6 + 5 * b), out["image_grid_thw"])
+    rows.append((ids, out["pixel_values"], out["image_grid_thw"]))
+  T = max(len(r[0]) for r in rows)
+  ids = np.zeros((2, T), np.int64)
+  mask = np.zeros((2, T), np.int64)
+  for b, (row, _, _) in enumerate(rows):
+    ids[b, T - len(row):], mask[b, T - len(row):] = row, 1
+  logits = np.asarray(model(input_ids=ids, attention_mask=mask,
+                            pixel_values=np.concatenate([r[1] for r in rows]),
+                            image_grid_thw=np.concatenate([r[2] for r in rows])))
+  for b, (row, pixels, grid) in enumerate(rows):
+    expected = hf_oracle.vl_logits(ref, row, pixels, grid)
+    ours = logits[b, T - len(row):]
+    assert np.abs(ours - expected).max() / np.abs(expected).max() < 1e-4
+
+
+def test_text_only_prompt_matches_transformers(vl_dir):
+  ref = hf_oracle.load_vl(vl_dir)
+  model = models.from_pretrained(vl_dir)
+  ids = np.random.default_rng(1).integers(0, 280, 9)
+  expected = hf_oracle.vl_logits(ref, ids)
+  ours = np.asarray(model(input_ids=ids[None]))[0]
+  assert np.abs(ours - expected).max() / np.abs(expected).max() < 1e-4
+
+
+def test_image_token_mismatch_is_named(vl_dir):
+  model = models.from_pretrained(vl_dir)
+  out = hf_oracle.image_processor()(images=[_image(56, 56, 0)], return_tensors="np")
+  ids = np.array([[1, S] + [IMG] * 3 + [E, 2]])  # the image needs 4 tokens
+  with pytest.raises(ValueError, match="3 image tokens but the 1 images need 4"):
+    model(input_ids=ids, pixel_values=out["pixel_values"], image_grid_thw=out["image_grid_thw"])
+
+
+def test_vision_windows_cover_each_image(vl_dir):
+  config = models.from_pretrained(vl_dir).config
+  _, image_L, window_L = __import__("prompt4trust_jax.models.vision", fromlist=["x"]).vision_inputs(
+      np.array([[1, 8, 12], [1, 4, 4]]), config.vision, length=140)
+  assert (image_L[:96] == 0).all() and (image_L[96:112] == 1).all() and (image_L[112:] == -1).all()
+  if config.vision.qwen2_5:  # 2x2 merged units per window: 4x6 merged grid -> 6 windows
+    assert len(set(window_L[:96].tolist())) == 6 and len(set(window_L[96:112].tolist())) == 1
+
+
+def test_image_features_match_transformers(vl_dir):
+  """The vision tower alone, tighter than logits: windows and merges must line up."""
+  import torch
+  from prompt4trust_jax.models import vision
+  ref = hf_oracle.load_vl(vl_dir)
+  model = models.from_pretrained(vl_dir)
+  out = hf_oracle.image_processor()(images=[_image(168, 112, 0), _image(84, 140, 2)],
+                                    return_tensors="np")
+  with torch.no_grad():
+    expected = ref.model.get_image_features(
+        torch.as_tensor(out["pixel_values"]), torch.as_tensor(out["image_grid_thw"]),
+        return_dict=True).pooler_output
+  expected = torch.cat(expected).numpy()
+  meta = vision.vision_inputs(out["image_grid_thw"], model.config.vision)
+  ours = np.asarray(model.encode_images(out["pixel_values"], *meta))
+  assert ours.shape == expected.shape
+  assert np.abs(ours - expected).max() / np.abs(expected).max() < 1e-5
