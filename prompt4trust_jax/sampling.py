@@ -11,15 +11,17 @@ GRPO update recomputes as the "old" policy log-probability. With temperature 0
 (greedy) it is the plain log softmax of the logits.
 """
 
+import dataclasses
 import functools
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, struct
 
+from prompt4trust_jax import constraints
 from prompt4trust_jax.models import kv_cache as kv_cache_lib
 from prompt4trust_jax.models.qwen2 import positions_from_mask
 
@@ -72,63 +74,164 @@ def sample_token(logits_BxV: jax.Array, key: jax.Array, *, temperature: float, t
   return token_B.astype(jnp.int32), logprob_B
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "graphdef", "max_new_tokens", "temperature", "top_k", "top_p", "eos_token_ids",
-    "pad_token_id"))
-def generate_padded(graphdef, state, tokens_BxP, mask_BxP, rng, *, max_new_tokens: int,
-                    temperature: float, top_k: int, top_p: float,
-                    eos_token_ids: tuple[int, ...], pad_token_id: int):
-  """Pure, jitted core of `generate` over left-padded prompts.
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+  """Static sampling settings (part of the compiled program's key)."""
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  eos_token_ids: tuple[int, ...] = ()
+  pad_token_id: int = 0
 
-  Rows whose mask is all zero (batch padding) produce nothing. Returns
-  `(tokens_BxN, logprobs_BxN, lengths_B)`, padded after each row's first EOS.
+
+@struct.dataclass
+class DecodeState:
+  """Everything a decode loop carries; a pytree, so it can cross jit boundaries.
+
+  Cache slots are shared by all rows: stage k of a prompt (a shared prefix, a
+  per-row suffix) is written at the same slots for every row, left padded, and
+  `kv_valid_BxS` marks the real entries. Positions are per row.
   """
-  model = nnx.merge(graphdef, state)
-  B, P = tokens_BxP.shape
-  N = max_new_tokens
-  eos_E = jnp.asarray(eos_token_ids if eos_token_ids else (-1,), jnp.int32)
-  sample = functools.partial(sample_token, temperature=temperature, top_k=top_k, top_p=top_p)
+  cache: Any
+  kv_valid_BxS: jax.Array
+  slot: jax.Array  # [] next free cache slot
+  position_B: jax.Array  # position of the next token
+  token_B: jax.Array  # the last emitted token (the next step's input)
+  step: jax.Array  # [] tokens emitted so far
+  tokens_BxN: jax.Array
+  logprobs_BxN: jax.Array
+  lengths_B: jax.Array
+  done_B: jax.Array
+  node_B: jax.Array  # ChoiceTrie node when decoding is constrained, else 0
+  choice_probs_BxC: jax.Array  # probabilities of the children at the first branching node
 
+
+def init_state(model, batch: int, cache_length: int, max_new_tokens: int,
+               max_children: int = 1, pad_token_id: int = 0) -> DecodeState:
+  return DecodeState(
+      cache=model.init_cache(batch, cache_length),
+      kv_valid_BxS=jnp.zeros((batch, cache_length), bool), slot=jnp.int32(0),
+      position_B=jnp.zeros(batch, jnp.int32), token_B=jnp.full(batch, pad_token_id, jnp.int32),
+      step=jnp.int32(0), tokens_BxN=jnp.full((batch, max_new_tokens), pad_token_id, jnp.int32),
+      logprobs_BxN=jnp.zeros((batch, max_new_tokens), jnp.float32),
+      lengths_B=jnp.zeros(batch, jnp.int32), done_B=jnp.zeros(batch, bool),
+      node_B=jnp.zeros(batch, jnp.int32),
+      choice_probs_BxC=jnp.zeros((batch, max_children), jnp.float32))
+
+
+def prefill(model, state: DecodeState, x_BxTxD: jax.Array, positions, mask_BxT: jax.Array):
+  """Writes T (left padded) inputs at `state.slot`; returns the last hidden state `[B, D]`.
+
+  `positions` is `[B, T]` or `[3, B, T]` (M-RoPE). A row's next position becomes one
+  past the largest position of its real tokens (unchanged if it has none here).
+  """
+  T = x_BxTxD.shape[1]
+  mask_BxT = mask_BxT.astype(bool)
+  kv_valid_BxS = jax.lax.dynamic_update_slice(state.kv_valid_BxS, mask_BxT, (0, state.slot))
+  h_BxTxD, cache = model.step(x_BxTxD, positions,
+                              kv_cache_lib.attention_mask(kv_valid_BxS, state.slot, T),
+                              state.cache, state.slot)
+  top_B = jnp.where(mask_BxT, positions, -1).max(axis=-1)
+  if top_B.ndim == 2:  # M-RoPE: the largest of t, h, w
+    top_B = top_B.max(axis=0)
+  position_B = jnp.where(mask_BxT.any(axis=-1), top_B + 1, state.position_B)
+  state = state.replace(cache=cache, kv_valid_BxS=kv_valid_BxS, slot=state.slot + T,
+                        position_B=position_B.astype(jnp.int32))
+  return h_BxTxD[:, -1], state
+
+
+def fork(state: DecodeState, copies: int) -> DecodeState:
+  """Each row becomes `copies` consecutive rows sharing its cache contents."""
+  def repeat(x):
+    return x if x.ndim == 0 else jnp.repeat(x, copies, axis=0)
+  return jax.tree.map(repeat, state)
+
+
+def emit(state: DecodeState, logits_BxV: jax.Array, key: jax.Array, params: SamplingParams,
+         trie: constraints.ChoiceTrie | None = None) -> DecodeState:
+  """Samples each unfinished row's next token from `logits_BxV` and records it."""
+  if trie is not None:
+    children_BxC = trie.child_token[state.node_B]
+    branching_B = (children_BxC >= 0).sum(-1) > 1
+    probs_BxV = jax.nn.softmax(logits_BxV, axis=-1)
+    probs_BxC = jnp.where(children_BxC >= 0, jnp.take_along_axis(
+        probs_BxV, jnp.maximum(children_BxC, 0), axis=-1), 0.0)
+    first_B = branching_B & (state.choice_probs_BxC.sum(-1) == 0)
+    choice_probs_BxC = jnp.where(first_B[:, None], probs_BxC[:, :state.choice_probs_BxC.shape[1]],
+                                 state.choice_probs_BxC)
+    logits_BxV = constraints.allowed_logits(trie, state.node_B, logits_BxV)
+    state = state.replace(choice_probs_BxC=choice_probs_BxC)
+  token_B, logprob_B = sample_token(logits_BxV, key, temperature=params.temperature,
+                                    top_k=params.top_k, top_p=params.top_p)
+  token_B = jnp.where(state.done_B, params.pad_token_id, token_B)
+  logprob_B = jnp.where(state.done_B, 0.0, logprob_B)
+  done_B = state.done_B | jnp.isin(token_B, jnp.asarray(params.eos_token_ids or (-1,), jnp.int32))
+  node_B = state.node_B
+  if trie is not None:
+    node_B = constraints.advance(trie, node_B, token_B)
+    done_B = done_B | constraints.is_done(trie, node_B)
+  return state.replace(
+      token_B=token_B, step=state.step + 1, node_B=node_B,
+      tokens_BxN=jax.lax.dynamic_update_slice(state.tokens_BxN, token_B[:, None], (0, state.step)),
+      logprobs_BxN=jax.lax.dynamic_update_slice(state.logprobs_BxN, logprob_B[:, None],
+                                                (0, state.step)),
+      lengths_B=state.lengths_B + (~state.done_B).astype(jnp.int32), done_B=done_B)
+
+
+def decode(model, state: DecodeState, rng: jax.Array, params: SamplingParams, head_DxV,
+           max_steps: int, trie: constraints.ChoiceTrie | None = None) -> DecodeState:
+  """Feeds the last token and emits the next until every row is done or the budget ends.
+
+  Stops at `min(step + max_steps, N)` emitted tokens; step t uses key fold_in(rng, t).
+  """
+  limit = jnp.minimum(state.step + max_steps, state.tokens_BxN.shape[1])
+
+  def cond(state):
+    return (state.step < limit) & ~jnp.all(state.done_B)
+
+  def body(state):
+    valid = state.kv_valid_BxS.at[:, state.slot].set(True)
+    h_Bx1xD, cache = model.step(model.embed(state.token_B[:, None]), state.position_B[:, None],
+                                kv_cache_lib.attention_mask(valid, state.slot, 1), state.cache,
+                                state.slot)
+    state = state.replace(cache=cache, kv_valid_BxS=valid, slot=state.slot + 1,
+                          position_B=state.position_B + 1)
+    return emit(state, model.logits(h_Bx1xD[:, 0], head_DxV),
+                jax.random.fold_in(rng, state.step), params, trie)
+
+  return jax.lax.while_loop(cond, body, state)
+
+
+def decode_head(model) -> jax.Array:
+  """The LM head `[D, V]` hoisted out of a decode loop."""
   head_DxV = model.lm_head_kernel()
   if jax.default_backend() == "cpu":
     # XLA:CPU reads a transposed matrix operand ~1.7x slower; a tied head is the
     # transposed embedding table, so lay it out once per call instead of per token.
     head_DxV = jax.lax.optimization_barrier(head_DxV)
-  cache = model.init_cache(B, P + N)
-  kv_valid_BxS = jnp.concatenate([mask_BxP.astype(bool), jnp.ones((B, N), bool)], axis=1)
-  h_BxPxD, cache = model.step(model.embed(tokens_BxP), positions_from_mask(mask_BxP),
-                              kv_cache_lib.attention_mask(kv_valid_BxS, 0, P), cache, 0)
-  token_B, logprob_B = sample(model.logits(h_BxPxD[:, -1], head_DxV), jax.random.fold_in(rng, 0))
-  is_row_B = mask_BxP.any(axis=-1)
-  token_B = jnp.where(is_row_B, token_B, pad_token_id)
-  logprob_B = jnp.where(is_row_B, logprob_B, 0.0)
-  done_B = ~is_row_B | jnp.isin(token_B, eos_E)
-  tokens_BxN = jnp.full((B, N), pad_token_id, jnp.int32).at[:, 0].set(token_B)
-  logprobs_BxN = jnp.zeros((B, N), jnp.float32).at[:, 0].set(logprob_B)
-  lengths_B = is_row_B.astype(jnp.int32)
-  first_position_B = mask_BxP.sum(axis=-1).astype(jnp.int32)
+  return head_DxV
 
-  def cond(carry):
-    i, _, _, _, _, done_B, _ = carry
-    return (i < N) & ~jnp.all(done_B)
 
-  def body(carry):
-    i, token_B, tokens_BxN, logprobs_BxN, lengths_B, done_B, cache = carry
-    slot = P + i - 1  # where the previous token goes
-    h_Bx1xD, cache = model.step(model.embed(token_B[:, None]), (first_position_B + i - 1)[:, None],
-                                kv_cache_lib.attention_mask(kv_valid_BxS, slot, 1), cache, slot)
-    new_B, logprob_B = sample(model.logits(h_Bx1xD[:, 0], head_DxV), jax.random.fold_in(rng, i))
-    new_B = jnp.where(done_B, pad_token_id, new_B)
-    logprob_B = jnp.where(done_B, 0.0, logprob_B)
-    tokens_BxN = jax.lax.dynamic_update_slice(tokens_BxN, new_B[:, None], (0, i))
-    logprobs_BxN = jax.lax.dynamic_update_slice(logprobs_BxN, logprob_B[:, None], (0, i))
-    lengths_B = lengths_B + (~done_B).astype(jnp.int32)
-    done_B = done_B | jnp.isin(new_B, eos_E)
-    return i + 1, new_B, tokens_BxN, logprobs_BxN, lengths_B, done_B, cache
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "params"))
+def generate_padded(graphdef, state, tokens_BxP, mask_BxP, rng, positions=None,
+                    image_embeds_IxD=None, *, max_new_tokens: int, params: SamplingParams):
+  """Pure, jitted core of `generate` over left-padded prompts.
 
-  carry = (jnp.int32(1), token_B, tokens_BxN, logprobs_BxN, lengths_B, done_B, cache)
-  _, _, tokens_BxN, logprobs_BxN, lengths_B, _, _ = jax.lax.while_loop(cond, body, carry)
-  return tokens_BxN, logprobs_BxN, lengths_B
+  Rows whose mask is all zero (batch padding) produce nothing. `positions` defaults
+  to counting real tokens; multimodal callers pass M-RoPE positions and image tokens.
+  Returns `(tokens_BxN, logprobs_BxN, lengths_B)`, padded after each row's first EOS.
+  """
+  model = nnx.merge(graphdef, state)
+  B, P = tokens_BxP.shape
+  head_DxV = decode_head(model)
+  if positions is None:
+    positions = positions_from_mask(mask_BxP)
+  s = init_state(model, B, P + max_new_tokens, max_new_tokens, pad_token_id=params.pad_token_id)
+  s = s.replace(done_B=~mask_BxP.any(axis=-1))
+  h_BxD, s = prefill(model, s, model.embed(tokens_BxP, image_embeds_IxD), positions, mask_BxP)
+  s = emit(s, model.logits(h_BxD, head_DxV), jax.random.fold_in(rng, 0), params)
+  s = decode(model, s, rng, params, head_DxV, max_new_tokens - 1)
+  return s.tokens_BxN, s.logprobs_BxN, s.lengths_B
 
 
 def left_pad(prompts: Sequence[Sequence[int]], length: int, batch: int, pad_token_id: int):
@@ -165,11 +268,13 @@ def _validate(prompts, vocab_size, max_new_tokens, temperature, top_k, top_p):
 def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
              eos_token_ids: Sequence[int] = (), rng: jax.Array | None = None,
-             pad_token_id: int = 0) -> GenerateOutput:
+             pad_token_id: int = 0, pixel_values=None, image_grid_thw=None) -> GenerateOutput:
   """Samples continuations of token-id prompts of different lengths.
 
   temperature 0 is greedy; top_k 0 and top_p 1 switch those filters off. Each row
   stops after its first token in `eos_token_ids`. Same inputs and `rng`, same output.
+  A multimodal model also takes HF-style `pixel_values` / `image_grid_thw` for the
+  images of all prompts in order, each prompt's `<|image_pad|>` already expanded.
   """
   _validate(prompts, model.config.vocab_size, max_new_tokens, temperature, top_k, top_p)
   if rng is None:
@@ -178,11 +283,16 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_new_tok
     rng = jax.random.key(0)
   tokens, mask = left_pad(prompts, bucket_length(max(len(p) for p in prompts)),
                           bucket_batch(len(prompts)), pad_token_id)
+  positions = image_embeds = None
+  if pixel_values is not None or image_grid_thw is not None:
+    if not hasattr(model, "multimodal_inputs"):
+      raise ValueError(f"{type(model).__name__} takes no images.")
+    positions, image_embeds = model.multimodal_inputs(tokens, mask, pixel_values, image_grid_thw)
   graphdef, state = nnx.split(model)
-  out = generate_padded(graphdef, state, tokens, mask, rng, max_new_tokens=max_new_tokens,
-                        temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                        eos_token_ids=tuple(int(e) for e in eos_token_ids),
-                        pad_token_id=int(pad_token_id))
+  params = SamplingParams(float(temperature), int(top_k), float(top_p),
+                          tuple(int(e) for e in eos_token_ids), int(pad_token_id))
+  out = generate_padded(graphdef, state, tokens, mask, rng, positions, image_embeds,
+                        max_new_tokens=max_new_tokens, params=params)
   tokens_BxN, logprobs_BxN, lengths_B = (np.asarray(x)[:len(prompts)] for x in jax.device_get(out))
   return GenerateOutput(
       tokens=[row[:n].tolist() for row, n in zip(tokens_BxN, lengths_B)],

@@ -107,3 +107,15 @@ def vl_logits(model, input_ids, pixel_values=None, image_grid_thw=None) -> np.nd
 
 def load_vl(path: str):
   return transformers.AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def vl_greedy(model, prompt, pixel_values, image_grid_thw, max_new_tokens: int) -> list[int]:
+  """transformers' greedy `generate` of one unpadded multimodal prompt; the new tokens."""
+  ids = torch.tensor([prompt])
+  with torch.no_grad():
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                         pixel_values=torch.as_tensor(np.asarray(pixel_values)),
+                         image_grid_thw=torch.as_tensor(np.asarray(image_grid_thw)),
+                         mm_token_type_ids=(ids == IMAGE_TOKEN).long(), do_sample=False,
+                         max_new_tokens=max_new_tokens, eos_token_id=None, pad_token_id=0)
+  return out[0, len(prompt):].tolist()

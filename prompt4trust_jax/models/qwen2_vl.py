@@ -10,6 +10,7 @@ p + max(rows, columns).
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -193,6 +194,30 @@ class Qwen2VLForConditionalGeneration(qwen2.DecoderLM):
     return self.visual(pixels_LxK, positions_Lx2, image_L, window_L).astype(
         jnp.dtype(self.text_config.dtype))
 
+  def multimodal_inputs(self, input_ids_BxT, attention_mask_BxT, pixel_values, image_grid_thw):
+    """Host side, before a jitted prefill: `(positions_3xBxT, image_embeds_IxD)`.
+
+    Image tokens are encoded by one jitted call over a bucketed patch count, so new
+    images of similar size do not recompile.
+    """
+    positions, _ = rope_positions(input_ids_BxT, attention_mask_BxT, image_grid_thw, self.config)
+    if pixel_values is None:
+      return positions, None
+    pixels = np.asarray(pixel_values, np.float32)
+    if pixels.ndim != 2 or pixels.shape[1] != self.config.vision.patch_dim:
+      raise ValueError(f"pixel_values has shape {pixels.shape}; expected [patches, "
+                       f"{self.config.vision.patch_dim}] from the Qwen2-VL image processor.")
+    n_patches = int(np.asarray(image_grid_thw).reshape(-1, 3).prod(-1).sum())
+    if pixels.shape[0] != n_patches:
+      raise ValueError(f"pixel_values has {pixels.shape[0]} patches but image_grid_thw describes "
+                       f"{n_patches}.")
+    length = max(64, 1 << (n_patches - 1).bit_length())
+    pixels = np.concatenate([pixels, np.zeros((length - n_patches, pixels.shape[1]), np.float32)])
+    meta = vision.vision_inputs(image_grid_thw, self.config.vision, length)
+    graphdef, state = nnx.split(self)
+    embeds = _encode_images(graphdef, state, pixels, *meta)
+    return positions, embeds[:n_patches // self.config.vision.merge_size**2]
+
   def embed(self, tokens_BxT, image_embeds_IxD=None):
     """Token embeddings with image placeholders replaced by image tokens, in order."""
     x_BxTxD = self.model.embed_tokens(tokens_BxT)
@@ -209,13 +234,15 @@ class Qwen2VLForConditionalGeneration(qwen2.DecoderLM):
     ids = np.asarray(input_ids)
     B, T = ids.shape
     mask = np.ones((B, T), bool) if attention_mask is None else np.asarray(attention_mask, bool)
+    positions, image_embeds = self.multimodal_inputs(ids, mask, pixel_values, image_grid_thw)
     if position_ids is None:
-      position_ids, _ = rope_positions(ids, mask, image_grid_thw, self.config)
-    image_embeds = None
-    if pixel_values is not None:
-      meta = vision.vision_inputs(image_grid_thw, self.config.vision)
-      image_embeds = self.encode_images(jnp.asarray(pixel_values), *map(jnp.asarray, meta))
+      position_ids = positions
     x_BxTxD = self.embed(jnp.asarray(ids), image_embeds)
     mask_BxTxS = kv_cache_lib.attention_mask(jnp.asarray(mask), 0, T)
     h_BxTxD, _ = self.step(x_BxTxD, jnp.asarray(position_ids), mask_BxTxS, None, 0)
     return self.logits(h_BxTxD)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_images(graphdef, state, pixels_LxK, positions_Lx2, image_L, window_L):
+  return nnx.merge(graphdef, state).encode_images(pixels_LxK, positions_Lx2, image_L, window_L)

@@ -100,3 +100,21 @@ def test_image_features_match_transformers(vl_dir):
   ours = np.asarray(model.encode_images(out["pixel_values"], *meta))
   assert ours.shape == expected.shape
   assert np.abs(ours - expected).max() / np.abs(expected).max() < 1e-5
+
+
+def test_greedy_generation_matches_transformers(vl_dir):
+  from prompt4trust_jax import sampling
+  ref = hf_oracle.load_vl(vl_dir)
+  model = models.from_pretrained(vl_dir)
+  proc = hf_oracle.image_processor()
+  rng = np.random.default_rng(5)
+  rows = []
+  for b, images in enumerate([[_image(112, 84, 3)], [_image(56, 112, 4), _image(70, 70, 5)]]):
+    out = proc(images=images, return_tensors="np")
+    rows.append((_prompt(rng.integers(0, 280, 5 + 4 * b), out["image_grid_thw"]),
+                 out["pixel_values"], out["image_grid_thw"]))
+  out = sampling.generate(model, [r[0] for r in rows], max_new_tokens=24, temperature=0,
+                          pixel_values=np.concatenate([r[1] for r in rows]),
+                          image_grid_thw=np.concatenate([r[2] for r in rows]))
+  for (prompt, pixels, grid), tokens in zip(rows, out.tokens):
+    assert tokens == hf_oracle.vl_greedy(ref, prompt, pixels, grid, 24)
