@@ -12,8 +12,11 @@ import tokenizers
 from tokenizers import decoders, models as tok_models, pre_tokenizers, trainers
 import transformers
 
+from prompt4trust_jax import images
 from prompt4trust_jax.models import checkpoint
 from prompt4trust_jax.models import qwen2
+from prompt4trust_jax.models import qwen2_vl
+from prompt4trust_jax.models import vision
 
 # Benchmark shapes (issue #2), tied embeddings.
 SHAPES = {
@@ -23,13 +26,22 @@ SHAPES = {
                   num_heads=8, num_kv_heads=2),
 }
 
+# Vision towers for the downstream benchmark shapes (issue #3); text as in SHAPES.
+VISION_SHAPES = {
+    "tiny": dict(depth=2, width=32, num_heads=4, mlp_hidden=64),
+    "small": dict(depth=4, width=256, num_heads=4, mlp_hidden=1024),
+}
+
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
                   "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
-# Qwen's ChatML layout (system turn omitted).
+# Qwen's ChatML layout (system turn omitted); image parts render as Qwen2-VL's do.
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif part['type'] == 'text' %}"
+    "{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 _CORPUS = (
@@ -76,4 +88,30 @@ def ensure_random_qwen2(out_dir: str, config: qwen2.Qwen2Config, seed: int = 0) 
   """`write_random_qwen2` unless `out_dir` already holds a checkpoint."""
   if not os.path.exists(os.path.join(out_dir, "config.json")):
     write_random_qwen2(out_dir, config, seed)
+  return out_dir
+
+
+def vl_shape_config(name: str, qwen2_5: bool = False, **dtypes) -> qwen2_vl.Qwen2VLConfig:
+  """A Qwen2-VL (or Qwen2.5-VL) of a named shape whose special ids match `write_tokenizer`."""
+  text = shape_config(name, **dtypes)
+  half = text.head_dim // 2  # split like Qwen's (16, 24, 24) of 64
+  section = (half // 4, 3 * half // 8, half - half // 4 - 3 * half // 8)
+  text = qwen2.Qwen2Config(**{**text.__dict__, "mrope_section": section})
+  extra = dict(qwen2_5=True, window_size=112, fullatt_block_indexes=(1,)) if qwen2_5 else {}
+  vis = vision.VisionConfig(**VISION_SHAPES[name], out_dim=text.hidden_size, **extra, **dtypes)
+  ids = {name: SPECIAL_TOKENS.index(token) for name, token in (
+      ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"),
+      ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"))}
+  return qwen2_vl.Qwen2VLConfig(text, vis, model_type="qwen2_5_vl" if qwen2_5 else "qwen2_vl",
+                                **ids)
+
+
+def write_random_qwen2_vl(out_dir: str, config: qwen2_vl.Qwen2VLConfig, seed: int = 0,
+                          image_config: images.ImageConfig = images.ImageConfig(
+                              max_pixels=224 * 224)) -> str:
+  """A random Qwen2-VL checkpoint + tokenizer + image processor in hub layout at `out_dir`."""
+  model = qwen2_vl.Qwen2VLForConditionalGeneration(config, rngs=nnx.Rngs(seed))
+  checkpoint.export_hf(model, out_dir)
+  write_tokenizer(out_dir, config.vocab_size)
+  images.image_processor(image_config).save_pretrained(out_dir)
   return out_dir

@@ -45,20 +45,22 @@ DOWNSTREAM_INSTRUCTION = (
 FIXED_HINT = "Think step-by-step, do not be over-confident."
 
 
-def downstream_prompt_split(question: str, options: Sequence[str], hint: str,
+def downstream_prompt_split(question: str, options: Sequence[str], hint: str | None,
                             instruction: str = DOWNSTREAM_INSTRUCTION) -> tuple[str, str]:
   """`(shared_prefix, hint_suffix)` of the downstream prompt, so G hints share one prefill.
 
   The prefix stops after "Hint:" and the suffix starts with the space before the hint: Qwen's
   pre-tokenizer splits there anyway (":" then " word"), so tokenizing the two halves apart
-  gives the same ids as tokenizing the whole prompt.
+  gives the same ids as tokenizing the whole prompt. Without a hint (the no-hint baseline)
+  the "Hint:" line is dropped and the suffix is the closing "Answer:".
   """
-  return f"{_question_block(instruction, question, options)}\nHint:", f" {hint}\n\nAnswer:"
+  block = _question_block(instruction, question, options)
+  if hint is None:
+    return block, "\n\nAnswer:"
+  return f"{block}\nHint:", f" {hint}\n\nAnswer:"
 
 
 def downstream_prompt(question: str, options: Sequence[str], hint: str | None,
                       instruction: str = DOWNSTREAM_INSTRUCTION) -> str:
   """The frozen VLM's user text (the image goes before it); `hint=None` is the no-hint baseline."""
-  if hint is None:
-    return f"{_question_block(instruction, question, options)}\n\nAnswer:"
   return "".join(downstream_prompt_split(question, options, hint, instruction))

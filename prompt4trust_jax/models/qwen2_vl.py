@@ -87,7 +87,8 @@ def to_hf(config: Qwen2VLConfig) -> dict[str, Any]:
                hidden_act="silu", model_type="qwen2_5_vl")
     arch = "Qwen2_5_VLForConditionalGeneration"
   else:
-    vis = dict(common, embed_dim=v.width, mlp_ratio=v.mlp_hidden / v.width, hidden_size=v.out_dim,
+    ratio = v.mlp_hidden // v.width if v.mlp_hidden % v.width == 0 else v.mlp_hidden / v.width
+    vis = dict(common, embed_dim=v.width, mlp_ratio=ratio, hidden_size=v.out_dim,
                hidden_act="quick_gelu", model_type="qwen2_vl")
     arch = "Qwen2VLForConditionalGeneration"
   return {**text, "architectures": [arch], "model_type": config.model_type,

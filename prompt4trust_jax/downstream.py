@@ -1,0 +1,294 @@
+"""The frozen downstream MLLM answering multiple-choice questions with a confidence.
+
+One interface, three elicitation modes (`ElicitationConfig.mode`):
+- `verbalized`: free generation read by a named parser (the paper's regexes by
+  default); a response that does not parse is flagged invalid. Decoding of a row
+  stops once its answer and confidence are known: the host parses every
+  `check_every` tokens (one round trip per chunk, never per token).
+- `structured`: constrained decoding of "In conclusion, the answer is {A-D} with
+  confidence {0-100}." through a `ChoiceTrie`, sampled (or argmaxed) from the model's
+  own distribution restricted to the allowed tokens: every response is valid.
+- `logit`: decode "In conclusion, the answer is {A-D}" and read the probability of
+  each option letter at that position; confidence = the chosen letter's probability
+  (renormalised over the letters, optionally temperature scaled).
+
+For G hints per question the image is encoded once and the shared prefix (image,
+instruction, question, options) prefilled once; its cache is then forked G ways and
+only the hints are prefilled per row (`share_prefix=False` is the naive path).
+"""
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from PIL import Image
+
+from prompt4trust_jax import constraints, images, parsing, prompts, sampling
+from prompt4trust_jax.models import qwen2
+from prompt4trust_jax.models import tokenizer as tokenizer_lib
+
+MODES = ("verbalized", "structured", "logit")
+
+
+@dataclasses.dataclass(frozen=True)
+class ElicitationConfig:
+  mode: str = "structured"
+  parser: str = "paper"  # verbalized mode
+  max_new_tokens: int = 256  # verbalized mode
+  temperature: float = 0.1  # 0: greedy
+  top_p: float = 0.95
+  top_k: int = 0
+  check_every: int = 16  # verbalized: tokens between parse checks
+  share_prefix: bool = True
+  logit_temperature: float = 1.0  # temperature scaling of option probabilities
+  letters: str = parsing.LETTERS
+  instruction: str = prompts.DOWNSTREAM_INSTRUCTION
+
+  def __post_init__(self):
+    if self.mode not in MODES:
+      raise ValueError(f"Unknown elicitation mode {self.mode!r}; choose from {MODES}.")
+    parsing.get_parser(self.parser)
+    if self.check_every < 1 or self.max_new_tokens < 1 or self.logit_temperature <= 0:
+      raise ValueError("check_every, max_new_tokens and logit_temperature must be positive.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+  """One multiple-choice question; `image` is a PIL image, a path or encoded bytes (or None)."""
+  question: str
+  options: tuple[str, ...]
+  image: Any = None
+
+
+class Answers(NamedTuple):
+  """Per response (item-major, G per item): letter index (-1 invalid), confidence in [0, 1]."""
+  letter_index: np.ndarray
+  confidence: np.ndarray
+  valid: np.ndarray
+  texts: list[str]
+  option_probs: np.ndarray | None  # [B, letters], rows sum to 1 (structured, logit)
+  num_tokens: np.ndarray
+
+  def letters(self, letters: str = parsing.LETTERS) -> list[str | None]:
+    return [letters[i] if i >= 0 else None for i in self.letter_index]
+
+
+class Downstream:
+  """A frozen (M)LLM that answers `Item`s under the configured elicitation mode."""
+
+  def __init__(self, model: nnx.Module, tokenizer, image_processor=None,
+               config: ElicitationConfig = ElicitationConfig()):
+    self.model, self.tokenizer, self.config = model, tokenizer, config
+    self.image_processor = image_processor
+    self.eos_token_ids = tuple(tokenizer_lib.stop_token_ids(tokenizer))
+    self.pad_token_id = tokenizer.pad_token_id or 0
+    self.trie = self.branch_letters = None
+    if config.mode != "verbalized":
+      if config.mode == "structured":
+        completions = constraints.structured_answer_completions(config.letters)
+      else:
+        completions = constraints.answer_letter_completions(config.letters)
+      self.trie = constraints.build_trie(tokenizer, completions)
+      self.branch_letters = _branch_letters(self.trie, [c.split(" is ")[1][0] for c in completions],
+                                            config.letters)
+
+  @classmethod
+  def from_pretrained(cls, path: str, config: ElicitationConfig = ElicitationConfig(),
+                      dtype: str = "float32", mesh=None, min_pixels=None, max_pixels=None):
+    from prompt4trust_jax import models
+    model = models.from_pretrained(path, dtype=dtype, mesh=mesh)
+    processor = None
+    if hasattr(model, "multimodal_inputs"):
+      processor = images.image_processor_from_pretrained(path, min_pixels, max_pixels)
+    return cls(model, models.load_tokenizer(path), processor, config)
+
+  def answer(self, items: Sequence[Item], hints: Sequence[Sequence[str | None]] | None = None,
+             rng: jax.Array | None = None) -> Answers:
+    """Answers each item once per hint (`hints[i]` holds item i's G hints; None: no hint)."""
+    cfg = self.config
+    hints = [[None] for _ in items] if hints is None else [list(h) for h in hints]
+    if len(hints) != len(items) or len({len(h) for h in hints}) != 1 or not hints[0]:
+      raise ValueError(f"hints must hold the same number (>= 1) of hints for each of the "
+                       f"{len(items)} items, got {[len(h) for h in hints]}.")
+    G = len(hints[0])
+    per_item = self._images(items)
+    if rng is None:
+      if cfg.temperature > 0:
+        raise ValueError("Sampling the downstream at temperature > 0 needs rng.")
+      rng = jax.random.key(0)
+    split = [[self._token_ids(item, hint, None if im is None else im[1]) for hint in row]
+             for item, row, im in zip(items, hints, per_item)]
+    if cfg.share_prefix and all(len({tuple(p) for p, _ in row}) == 1 for row in split):
+      prefixes = [row[0][0] for row in split]
+      suffixes = [s for row in split for _, s in row]
+      copies, image_rows = G, list(range(len(items)))
+    else:  # the naive path: every response prefills its whole prompt and its image
+      prefixes = [p + s for row in split for p, s in row]
+      suffixes, copies = None, 1
+      image_rows = [i for i in range(len(items)) for _ in range(G)]
+    state = self._start(prefixes, suffixes, copies, per_item, image_rows, rng)
+    state = self._finish(state, rng)
+    return self._read(state, len(items) * G)
+
+  # -- host-side preparation ---------------------------------------------------------
+
+  def _images(self, items) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """Per item: `(pixel_values, image_grid_thw)` of its image, or None."""
+    loaded = [None if it.image is None else
+              it.image if isinstance(it.image, Image.Image) else images.load_image(it.image)
+              for it in items]
+    if all(im is None for im in loaded):
+      return [None] * len(items)
+    if self.image_processor is None or not hasattr(self.model, "multimodal_inputs"):
+      raise ValueError("Items carry images but this downstream model takes none.")
+    if any(im is None for im in loaded):
+      raise ValueError("Either every item or no item must carry an image.")
+    return [images.preprocess([im], self.image_processor) for im in loaded]
+
+  def _token_ids(self, item: Item, hint: str | None, grid) -> tuple[list[int], list[int]]:
+    """(prefix, suffix) ids of the chat prompt, split where the hint begins."""
+    prefix, suffix = prompts.downstream_prompt_split(item.question, item.options, hint,
+                                                     self.config.instruction)
+    content = ([{"type": "image"}] if grid is not None else []) + [
+        {"type": "text", "text": prefix + suffix}]
+    chat = self.tokenizer.apply_chat_template([{"role": "user", "content": content}],
+                                              add_generation_prompt=True, tokenize=False)
+    cut = chat.index(prefix) + len(prefix)
+    encode = functools.partial(self.tokenizer.encode, add_special_tokens=False)
+    prefix_ids, suffix_ids = encode(chat[:cut]), encode(chat[cut:])
+    if grid is not None:
+      image_id = self.model.config.image_token_id
+      if prefix_ids.count(image_id) != 1:
+        raise ValueError("The chat template must render exactly one image placeholder per item.")
+      at = prefix_ids.index(image_id)
+      n = images.num_image_tokens(grid[0], self.model.config.vision.merge_size)
+      prefix_ids = prefix_ids[:at] + [image_id] * n + prefix_ids[at + 1:]
+    return prefix_ids, suffix_ids
+
+  def _start(self, prefixes, suffixes, copies, per_item, image_rows, rng):
+    """Pads and places the prompts (row r of `prefixes` shows item `image_rows[r]`'s image)."""
+    cfg = self.config
+    batch = sampling.bucket_batch(len(prefixes))
+    tokens, mask = sampling.left_pad(prefixes, sampling.bucket_length(max(map(len, prefixes))),
+                                     batch, self.pad_token_id)
+    positions = image_embeds = None
+    if per_item[0] is not None:
+      pixels = np.concatenate([per_item[i][0] for i in image_rows])
+      grids = np.concatenate([per_item[i][1] for i in image_rows])
+      positions, image_embeds = self.model.multimodal_inputs(tokens, mask, pixels, grids)
+    suffix_tokens = suffix_mask = None
+    suffix_length = 0
+    if suffixes is not None:
+      suffix_length = sampling.bucket_length(max(map(len, suffixes)))
+      # Forking repeats each padded prefix row, so suffix rows follow the same layout.
+      suffix_tokens, suffix_mask = sampling.left_pad(suffixes, suffix_length, batch * copies,
+                                                     self.pad_token_id)
+    max_new = self.trie.max_depth if self.trie is not None else cfg.max_new_tokens
+    graphdef, state = nnx.split(self.model)
+    return _start(graphdef, state, tokens, mask, positions, image_embeds, suffix_tokens,
+                  suffix_mask, rng, self.trie, copies=copies,
+                  cache_length=tokens.shape[1] + suffix_length + max_new, max_new_tokens=max_new,
+                  params=self._params())
+
+  def _params(self) -> sampling.SamplingParams:
+    cfg = self.config
+    return sampling.SamplingParams(cfg.temperature, cfg.top_k, cfg.top_p,
+                                   () if self.trie is not None else self.eos_token_ids,
+                                   self.pad_token_id)
+
+  def _finish(self, state, rng):
+    graphdef, weights = nnx.split(self.model)
+    total = state.tokens_BxN.shape[1]
+    if self.trie is not None:
+      return _continue(graphdef, weights, state, rng, self.trie, steps=total, params=self._params())
+    parser = parsing.get_parser(self.config.parser)
+    while True:
+      state = _continue(graphdef, weights, state, rng, None, steps=self.config.check_every,
+                        params=self._params())
+      step, done = int(state.step), np.array(state.done_B)
+      if step >= total or done.all():
+        return state
+      tokens, lengths = np.asarray(state.tokens_BxN), np.asarray(state.lengths_B)
+      for row in np.flatnonzero(~done):
+        text = self.tokenizer.decode(tokens[row, :lengths[row]], skip_special_tokens=True)
+        # A number at the very end may still grow ("confidence 8" -> "80").
+        if parser(text).valid and not text.rstrip()[-1:].isdigit():
+          done[row] = True
+      state = state.replace(done_B=jnp.asarray(done))
+
+  def _read(self, state, rows: int) -> Answers:
+    tokens = np.asarray(state.tokens_BxN)[:rows]
+    lengths = np.asarray(state.lengths_B)[:rows]
+    texts = [self.tokenizer.decode(t[:n], skip_special_tokens=True) for t, n in zip(tokens, lengths)]
+    option_probs = None
+    if self.trie is not None:
+      probs = np.asarray(state.choice_probs_BxC)[:rows][:, :len(self.config.letters)]
+      probs = probs[:, np.argsort(self.branch_letters)]  # child order -> letter order
+      probs = probs ** (1.0 / self.config.logit_temperature)
+      option_probs = probs / probs.sum(-1, keepdims=True)
+    if self.config.mode == "logit":
+      nodes = np.asarray(state.node_B)[:rows]
+      letter = np.array([constraints.completion_of(self.trie, n) for n in nodes], np.int32)
+      confidence = option_probs[np.arange(rows), letter].astype(np.float32)
+      return Answers(letter, confidence, np.ones(rows, bool), texts, option_probs, lengths)
+    letter, confidence, valid = parsing.parse_batch(texts, self.config.parser)
+    return Answers(letter, confidence, valid, texts, option_probs, lengths)
+
+
+def _branch_letters(trie: constraints.ChoiceTrie, completion_letters: list[str],
+                    letters: str) -> np.ndarray:
+  """For the first node with several children: the letter index behind each child."""
+  child_token, child_node = np.asarray(trie.child_token), np.asarray(trie.child_node)
+  leaf = np.asarray(trie.leaf_completion)
+  node = 0
+  while (child_token[node] >= 0).sum() == 1:
+    node = child_node[node, 0]
+  order = []
+  for child in child_node[node][child_token[node] >= 0]:
+    while leaf[child] < 0:
+      child = child_node[child, 0]
+    order.append(letters.index(completion_letters[leaf[child]]))
+  if sorted(order) != list(range(len(letters))):
+    raise ValueError("The answer letters do not branch at one token; use one-token letters.")
+  return np.asarray(order)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "copies", "cache_length",
+                                             "max_new_tokens", "params"))
+def _start(graphdef, state, tokens_QxP, mask_QxP, positions, image_embeds_IxD, suffix_BxT,
+           suffix_mask_BxT, rng, trie, *, copies: int, cache_length: int, max_new_tokens: int,
+           params: sampling.SamplingParams) -> sampling.DecodeState:
+  """Prefills prefixes, forks them `copies` ways, prefills suffixes, emits the first token."""
+  model = nnx.merge(graphdef, state)
+  Q = tokens_QxP.shape[0]
+  children = 1 if trie is None else trie.child_token.shape[1]
+  s = sampling.init_state(model, Q, cache_length, max_new_tokens, children, params.pad_token_id)
+  if positions is None:
+    positions = qwen2.positions_from_mask(mask_QxP)
+  h_QxD, s = sampling.prefill(model, s, model.embed(tokens_QxP, image_embeds_IxD), positions,
+                              mask_QxP)
+  s = s.replace(done_B=~mask_QxP.any(axis=-1))
+  if copies > 1:
+    s = sampling.fork(s, copies)
+    h_QxD = jnp.repeat(h_QxD, copies, axis=0)
+  if suffix_BxT is not None:
+    suffix_positions = s.position_B[:, None] + jnp.cumsum(suffix_mask_BxT, axis=-1) - 1
+    h_BxD, s = sampling.prefill(model, s, model.embed(suffix_BxT), suffix_positions,
+                                suffix_mask_BxT)
+    h_QxD = jnp.where(suffix_mask_BxT.any(axis=-1)[:, None], h_BxD, h_QxD)
+    s = s.replace(done_B=s.done_B | ~suffix_mask_BxT.any(axis=-1))
+  head_DxV = sampling.decode_head(model)
+  return sampling.emit(s, model.logits(h_QxD, head_DxV), jax.random.fold_in(rng, 0), params, trie)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "steps", "params"),
+                   donate_argnames=("decode_state",))
+def _continue(graphdef, state, decode_state, rng, trie, *, steps: int,
+              params: sampling.SamplingParams) -> sampling.DecodeState:
+  model = nnx.merge(graphdef, state)
+  return sampling.decode(model, decode_state, rng, params, sampling.decode_head(model), steps, trie)
