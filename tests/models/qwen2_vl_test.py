@@ -118,3 +118,52 @@ def test_greedy_generation_matches_transformers(vl_dir):
                           image_grid_thw=np.concatenate([r[2] for r in rows]))
   for (prompt, pixels, grid), tokens in zip(rows, out.tokens):
     assert tokens == hf_oracle.vl_greedy(ref, prompt, pixels, grid, 24)
+
+
+def _some_logits(model):
+  out = hf_oracle.image_processor()(images=[_image(84, 56, 7)], return_tensors="np")
+  ids = np.array([_prompt([5, 6, 7, 8, 9], out["image_grid_thw"])])
+  return np.asarray(model(input_ids=ids, pixel_values=out["pixel_values"],
+                          image_grid_thw=out["image_grid_thw"]))
+
+
+def test_orbax_and_hub_export_round_trips(vl_dir, tmp_path):
+  model = models.from_pretrained(vl_dir)
+  models.save(model, str(tmp_path / "orbax"), source_dir=vl_dir)
+  np.testing.assert_array_equal(_some_logits(models.from_pretrained(str(tmp_path / "orbax"))),
+                                _some_logits(model))
+  models.export_hf(model, str(tmp_path / "hf"))  # config.json written from our config
+  exported = models.from_pretrained(str(tmp_path / "hf"))
+  np.testing.assert_array_equal(_some_logits(exported), _some_logits(model))
+  out = hf_oracle.image_processor()(images=[_image(84, 56, 7)], return_tensors="np")
+  ids = _prompt([5, 6, 7, 8, 9], out["image_grid_thw"])
+  reloaded = hf_oracle.vl_logits(hf_oracle.load_vl(str(tmp_path / "hf")), ids,
+                                 out["pixel_values"], out["image_grid_thw"])
+  np.testing.assert_allclose(reloaded, _some_logits(model)[0], atol=1e-5)
+
+
+def test_layout_resaved_by_newer_transformers(vl_dir, tmp_path):
+  import shutil
+  import safetensors.numpy
+  path = tmp_path / "resaved"
+  shutil.copytree(vl_dir, path)
+  with open(path / "model.safetensors", "rb") as f:
+    tensors = safetensors.numpy.load(f.read())
+  renamed = {("model.language_model." + k[len("model."):] if k.startswith("model.") else
+              "model." + k if k.startswith("visual.") else k): v for k, v in tensors.items()}
+  assert any(k.startswith("model.visual.") for k in renamed)
+  safetensors.numpy.save_file(renamed, str(path / "model.safetensors"), metadata={"format": "pt"})
+  np.testing.assert_array_equal(_some_logits(models.from_pretrained(str(path))),
+                                _some_logits(models.from_pretrained(vl_dir)))
+
+
+@pytest.mark.parametrize("preset,billions", [
+    (qwen2_vl.qwen2_vl_2b_instruct, 2.21), (qwen2_vl.qwen2_vl_7b_instruct, 8.29),
+    (qwen2_vl.qwen2p5_vl_3b_instruct, 3.75), (qwen2_vl.qwen2p5_vl_7b_instruct, 8.29)])
+def test_presets_have_released_sizes(preset, billions):
+  import jax
+  from flax import nnx
+  shapes = jax.eval_shape(lambda: models.flat_params(
+      qwen2_vl.Qwen2VLForConditionalGeneration(preset(), rngs=nnx.Rngs(0))))
+  n = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
+  assert abs(n / 1e9 - billions) < 0.01 * billions
