@@ -45,6 +45,59 @@ def bucket_batch(n: int) -> int:
   return 1 << (n - 1).bit_length()
 
 
+def top_p_threshold(probs_BxV: jax.Array, top_p: float, iterations: int = 24) -> jax.Array:
+  """Per row, the smallest probability kept by a top-p (nucleus) filter, without a sort.
+
+  The nucleus is {p >= t} for the largest t whose kept mass still reaches top_p;
+  bisection finds t to 2^-iterations of the row's top probability (tokens within
+  that band of t are kept as well). A full-vocabulary sort per token is what this
+  avoids: on CPU it costs ~40 ms for 8 x 32k logits.
+  """
+  def body(_, bounds):
+    lo_B, hi_B = bounds
+    mid_B = (lo_B + hi_B) / 2
+    enough_B = jnp.sum(jnp.where(probs_BxV >= mid_B[:, None], probs_BxV, 0.0), axis=-1) >= top_p
+    return jnp.where(enough_B, mid_B, lo_B), jnp.where(enough_B, hi_B, mid_B)
+
+  init = (jnp.zeros(probs_BxV.shape[0], probs_BxV.dtype), jnp.max(probs_BxV, axis=-1))
+  return jax.lax.fori_loop(0, iterations, body, init)[0]
+
+
+def argmax(x_BxV: jax.Array) -> jax.Array:
+  """First index of the row maximum (as jnp.argmax), in two plain reductions.
+
+  XLA:CPU lowers argmax to a slow variadic reduction (~0.9 ms for 8 x 32k).
+  """
+  hit_BxV = x_BxV == jnp.max(x_BxV, axis=-1, keepdims=True)
+  return jnp.min(jnp.where(hit_BxV, jnp.arange(x_BxV.shape[-1]), x_BxV.shape[-1]), axis=-1)
+
+
+def categorical(key: jax.Array, probs_BxV: jax.Array, block: int = 128) -> jax.Array:
+  """One draw per row from unnormalised `probs_BxV` by inverse CDF, in two levels.
+
+  Same distribution as `jax.random.categorical` (another random stream), but one
+  uniform per row instead of a Gumbel per vocabulary entry: on CPU that is ~1 ms
+  instead of ~23 ms for 64 x 32k. Blocks of `block` entries are summed, the block
+  holding the draw is found from their cumulative mass, then the entry inside it.
+  Zero-probability entries are never drawn.
+  """
+  B, V = probs_BxV.shape
+  padded_BxV = jnp.pad(probs_BxV, ((0, 0), (0, -V % block)))
+  blocks_BxNxK = padded_BxV.reshape(B, -1, block)
+  mass_BxN = blocks_BxNxK.sum(-1)
+  cdf_BxN = jnp.cumsum(mass_BxN, axis=-1)
+  u_B = jax.random.uniform(key, (B,)) * cdf_BxN[:, -1]
+  n_B = jnp.minimum(jnp.sum(cdf_BxN <= u_B[:, None], axis=-1), mass_BxN.shape[1] - 1)
+  within_BxK = jnp.take_along_axis(blocks_BxNxK, n_B[:, None, None], axis=1)[:, 0]
+  rest_B = u_B - (jnp.take_along_axis(cdf_BxN, n_B[:, None], axis=1)[:, 0] - jnp.take_along_axis(
+      mass_BxN, n_B[:, None], axis=1)[:, 0])
+  k_B = jnp.minimum(jnp.sum(jnp.cumsum(within_BxK, axis=-1) <= rest_B[:, None], axis=-1), block - 1)
+  token_B = jnp.minimum(n_B * block + k_B, V - 1)
+  # Rounding at a block edge can land on an empty entry; take the mode instead.
+  chosen_B = jnp.take_along_axis(probs_BxV, token_B[:, None], axis=-1)[:, 0]
+  return jnp.where(chosen_B > 0, token_B, argmax(probs_BxV))
+
+
 def sample_token(logits_BxV: jax.Array, key: jax.Array, *, temperature: float, top_k: int = 0,
                  top_p: float = 1.0) -> tuple[jax.Array, jax.Array]:
   """Draws one token per row; returns `(token_B, logprob_B)` (see module docstring).
@@ -53,15 +106,14 @@ def sample_token(logits_BxV: jax.Array, key: jax.Array, *, temperature: float, t
   of most likely tokens whose mass reaches top_p). temperature 0 is greedy.
   """
   if temperature == 0:
-    token_B = jnp.argmax(logits_BxV, axis=-1)
+    token_B = argmax(logits_BxV)
     logprobs_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
   else:
     scaled_BxV = logits_BxV / temperature
     logprobs_BxV = jax.nn.log_softmax(scaled_BxV, axis=-1)
     vocab = logits_BxV.shape[-1]
-    k = top_k if 0 < top_k < vocab else vocab
-    if k < vocab or top_p < 1.0:
-      top_BxK, ids_BxK = jax.lax.top_k(scaled_BxV, k)  # sorted, most likely first
+    if 0 < top_k < vocab:
+      top_BxK, ids_BxK = jax.lax.top_k(scaled_BxV, top_k)  # sorted, most likely first
       if top_p < 1.0:
         probs_BxK = jax.nn.softmax(top_BxK, axis=-1)
         mass_before_BxK = jnp.cumsum(probs_BxK, axis=-1) - probs_BxK
@@ -69,7 +121,11 @@ def sample_token(logits_BxV: jax.Array, key: jax.Array, *, temperature: float, t
       choice_B = jax.random.categorical(key, top_BxK, axis=-1)
       token_B = jnp.take_along_axis(ids_BxK, choice_B[:, None], axis=-1)[:, 0]
     else:
-      token_B = jax.random.categorical(key, scaled_BxV, axis=-1)
+      probs_BxV = jnp.exp(logprobs_BxV)
+      if top_p < 1.0:
+        probs_BxV = jnp.where(probs_BxV >= top_p_threshold(probs_BxV, top_p)[:, None],
+                              probs_BxV, 0.0)
+      token_B = categorical(key, probs_BxV)
   logprob_B = jnp.take_along_axis(logprobs_BxV, token_B[:, None], axis=-1)[:, 0]
   return token_B.astype(jnp.int32), logprob_B
 

@@ -117,3 +117,39 @@ def test_buckets():
   assert [sampling.bucket_length(n) for n in (1, 16, 17, 100, 512, 513)] == [16, 16, 32, 128, 512,
                                                                              1024]
   assert [sampling.bucket_batch(n) for n in (1, 3, 8, 9)] == [1, 4, 8, 16]
+
+
+def test_top_p_alone_keeps_exactly_the_nucleus():
+  logits = jax.random.normal(jax.random.key(4), (6, 300)) * 2
+  probs = np.asarray(jax.nn.softmax(logits / 0.8))
+  for top_p in (0.5, 0.9, 0.95):
+    threshold = np.asarray(jax.jit(sampling.top_p_threshold, static_argnums=1)(
+        jnp.asarray(probs), top_p))
+    for row in range(6):
+      order = np.argsort(-probs[row])
+      size = np.searchsorted(np.cumsum(probs[row][order]), top_p) + 1
+      assert set(np.flatnonzero(probs[row] >= threshold[row])) == set(order[:size])
+  draw = jax.jit(jax.vmap(lambda k: sampling.sample_token(logits, k, temperature=0.8,
+                                                          top_p=0.9)[0]))
+  tokens = np.asarray(draw(_keys(500)))
+  for row in range(6):
+    order = np.argsort(-probs[row])
+    nucleus = set(order[:np.searchsorted(np.cumsum(probs[row][order]), 0.9) + 1].tolist())
+    assert set(tokens[:, row].tolist()) <= nucleus
+
+
+def test_inverse_cdf_categorical_matches_the_distribution():
+  probs = np.zeros((2, 300), np.float32)
+  probs[0, [0, 127, 128, 299]] = [0.1, 0.2, 0.3, 0.4]  # block edges, V not a multiple of 128
+  probs[1, 5:15] = 1.0  # unnormalised
+  draw = jax.jit(jax.vmap(lambda k: sampling.categorical(k, jnp.asarray(probs))))
+  tokens = np.asarray(draw(_keys(20000)))
+  for row in range(2):
+    freqs = np.bincount(tokens[:, row], minlength=300) / 20000
+    assert (freqs[probs[row] == 0] == 0).all()
+    np.testing.assert_allclose(freqs, probs[row] / probs[row].sum(), atol=0.012)
+
+
+def test_argmax_takes_the_first_maximum():
+  x = jnp.array([[1.0, 3.0, 3.0, 0.0], [5.0, 5.0, 5.0, 5.0], [-1.0, -2.0, -1.0, -0.5]])
+  np.testing.assert_array_equal(sampling.argmax(x), jnp.argmax(x, axis=-1))

@@ -12,21 +12,22 @@ from flax import struct
 
 @struct.dataclass
 class LayerCache:
-  k: jax.Array  # [B, S, K, H]
-  v: jax.Array  # [B, S, K, H]
+  """Keys `[B, S, K, H]` and values `[B, K, S, H]` (see `layers.attend` for why)."""
+  k: jax.Array
+  v: jax.Array
 
   def write(self, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array, index) -> "LayerCache":
-    start = (0, index, 0, 0)
+    v_BxKxTxH = jnp.swapaxes(v_BxTxKxH, 1, 2)
     return LayerCache(
-        k=jax.lax.dynamic_update_slice(self.k, k_BxTxKxH.astype(self.k.dtype), start),
-        v=jax.lax.dynamic_update_slice(self.v, v_BxTxKxH.astype(self.v.dtype), start))
+        k=jax.lax.dynamic_update_slice(self.k, k_BxTxKxH.astype(self.k.dtype), (0, index, 0, 0)),
+        v=jax.lax.dynamic_update_slice(self.v, v_BxKxTxH.astype(self.v.dtype), (0, 0, index, 0)))
 
 
 def init(num_layers: int, batch: int, length: int, num_kv_heads: int, head_dim: int,
          dtype) -> tuple[LayerCache, ...]:
   """An empty cache of `length` slots for each of `num_layers` layers."""
-  shape = (batch, length, num_kv_heads, head_dim)
-  return tuple(LayerCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
+  return tuple(LayerCache(k=jnp.zeros((batch, length, num_kv_heads, head_dim), dtype),
+                         v=jnp.zeros((batch, num_kv_heads, length, head_dim), dtype))
                for _ in range(num_layers))
 
 

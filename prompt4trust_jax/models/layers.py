@@ -48,6 +48,27 @@ class SwiGLU(nnx.Module):
     return self.down_proj(jax.nn.silu(self.gate_proj(x_BxTxD)) * self.up_proj(x_BxTxD))
 
 
+def attend(q_BxTxNxH, k_BxSxKxH, v_BxKxSxH, mask_BxTxS) -> jax.Array:
+  """Grouped-query softmax attention; logits and softmax in float32 (as HF does).
+
+  Keys are [B, S, K, H] and values [B, K, S, H]: with these layouts both products
+  are plain batched matmuls for XLA:CPU (4.7x faster than one layout for both at
+  batch 64, 545 keys). Fully masked rows (padding queries) get a finite uniform
+  softmax, never NaN.
+  """
+  B, T, N, H = q_BxTxNxH.shape
+  K = k_BxSxKxH.shape[2]
+  q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, N // K, H)
+  logits_BxKxGxTxS = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH.astype(q_BxTxNxH.dtype),
+                                preferred_element_type=jnp.float32) * H**-0.5
+  logits_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], logits_BxKxGxTxS,
+                               jnp.finfo(jnp.float32).min)
+  probs_BxKxGxTxS = jax.nn.softmax(logits_BxKxGxTxS, axis=-1).astype(q_BxTxNxH.dtype)
+  out_BxKxGxTxH = jnp.einsum("bkgts,bksh->bkgth", probs_BxKxGxTxS,
+                             v_BxKxSxH.astype(q_BxTxNxH.dtype))
+  return jnp.transpose(out_BxKxGxTxH, (0, 3, 1, 2, 4)).reshape(B, T, N, H)
+
+
 class Attention(nnx.Module):
   """Grouped-query self-attention with RoPE, q/k/v bias and an optional KV cache."""
 
@@ -77,12 +98,8 @@ class Attention(nnx.Module):
     k_BxTxKxH = rope.apply(k_BxTxKxH, cos_BxTxH, sin_BxTxH)
     if cache is not None:
       cache = cache.write(k_BxTxKxH, v_BxTxKxH, cache_index)
-      k_BxSxKxH, v_BxSxKxH = cache.k, cache.v
+      k_BxSxKxH, v_BxKxSxH = cache.k, cache.v
     else:
-      k_BxSxKxH, v_BxSxKxH = k_BxTxKxH, v_BxTxKxH
-    # Logits and softmax run in float32 inside; fully masked rows (padding queries)
-    # get a finite uniform softmax rather than NaN.
-    out_BxTxNxH = jax.nn.dot_product_attention(
-        q_BxTxNxH, k_BxSxKxH.astype(q_BxTxNxH.dtype), v_BxSxKxH.astype(q_BxTxNxH.dtype),
-        mask=mask_BxTxS[:, None, :, :], scale=self.head_dim**-0.5)
+      k_BxSxKxH, v_BxKxSxH = k_BxTxKxH, jnp.swapaxes(v_BxTxKxH, 1, 2)
+    out_BxTxNxH = attend(q_BxTxNxH, k_BxSxKxH, v_BxKxSxH, mask_BxTxS)
     return self.o_proj(out_BxTxNxH.reshape(B, T, self.num_heads * self.head_dim)), cache
