@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from PIL import Image
 
 from prompt4trust_jax import constraints, images, parsing, prompts, sampling
 from prompt4trust_jax.models import qwen2
@@ -139,9 +138,7 @@ class Downstream:
 
   def _images(self, items) -> list[tuple[np.ndarray, np.ndarray] | None]:
     """Per item: `(pixel_values, image_grid_thw)` of its image, or None."""
-    loaded = [None if it.image is None else
-              it.image if isinstance(it.image, Image.Image) else images.load_image(it.image)
-              for it in items]
+    loaded = [None if it.image is None else images.load_image(it.image) for it in items]
     if all(im is None for im in loaded):
       return [None] * len(items)
     if self.image_processor is None or not hasattr(self.model, "multimodal_inputs"):

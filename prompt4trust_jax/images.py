@@ -30,8 +30,11 @@ class ImageError(ValueError):
   """An image that cannot be used; the message names its source and the problem."""
 
 
-def load_image(source: str | os.PathLike | bytes, min_side: int = MIN_SIDE) -> Image.Image:
+def load_image(source: str | os.PathLike | bytes | Image.Image,
+               min_side: int = MIN_SIDE) -> Image.Image:
   """Decodes a file path or encoded bytes fully (truncation fails here) into an RGB image.
+
+  A PIL image is checked and converted the same way (no decoding needed).
 
   Conversion to RGB: transparency ("RGBA", "LA", "PA", palette with a transparent index)
   is composited onto white, as qwen_vl_utils does; 16-bit grayscale ("I;16*") is scaled
@@ -41,12 +44,18 @@ def load_image(source: str | os.PathLike | bytes, min_side: int = MIN_SIDE) -> I
   (neither does qwen_vl_utils). Pillow's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`)
   applies.
   """
+  if isinstance(source, Image.Image):
+    name = f"<{source.mode} image {source.width}x{source.height}>"
+    if min(source.size) < min_side:
+      raise ImageError(f"{name}: below the {min_side} px minimum side.")
+    return _to_rgb(source, name)
   if isinstance(source, (bytes, bytearray)):
     name, stream = f"<{len(source)} bytes>", io.BytesIO(source)
   elif isinstance(source, (str, os.PathLike)):
     name = stream = os.fspath(source)
   else:
-    raise TypeError(f"load_image takes a path or encoded bytes, got {type(source).__name__}.")
+    raise TypeError(f"load_image takes a path, encoded bytes or a PIL image, got "
+                    f"{type(source).__name__}.")
   with _open(stream, name) as img:
     width, height = img.size
     if min(width, height) < min_side:

@@ -177,5 +177,17 @@ def test_bad_inputs_are_named(vl_dir, items, tmp_path):
   bad.write_bytes(b"\x89PNG not really")
   with pytest.raises(images.ImageError, match="broken.png"):
     ds.answer([downstream.Item("q?", OPTIONS, str(bad))])
+  with pytest.raises(images.ImageError, match="1x1"):
+    ds.answer([downstream.Item("q?", OPTIONS, Image.new("RGB", (1, 1)))], rng=jax.random.key(0))
   with pytest.raises(ValueError, match="Unknown elicitation mode"):
     downstream.ElicitationConfig(mode="vibes")
+
+
+def test_grayscale_and_rgba_images_are_converted(vl_dir):
+  ds = downstream.Downstream.from_pretrained(vl_dir, downstream.ElicitationConfig(temperature=0))
+  rgb = _image(80, 60, 3)
+  gray, rgba = rgb.convert("L"), rgb.convert("RGBA")
+  out = ds.answer([downstream.Item("q?", OPTIONS, im) for im in (rgb, gray, rgba, gray.convert("RGB"))])
+  assert out.valid.all()
+  assert out.texts[1] == out.texts[3]  # grayscale is replicated to three channels
+  assert out.texts[2] == out.texts[0]  # opaque RGBA is the RGB image

@@ -1,6 +1,7 @@
 """The absl entry points run end to end as users launch them."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -19,11 +20,13 @@ def _run(*args):
   return proc.stdout
 
 
-def test_demo_writes_hints(tmp_path):
+def test_demo_writes_hints_and_answers(tmp_path):
   out = _run("experiments.demo", "--config=configs/demo.py", f"--workdir={tmp_path}",
              "--config.sampling.max_new_tokens=8")
   assert out.count("  hint ") == 4
+  assert len(re.findall(r"-> [ABCD] with confidence (0|1)\.\d\d", out)) == 4  # structured mode
   assert os.path.exists(tmp_path / "random_qwen2_tiny" / "model.safetensors")
+  assert os.path.exists(tmp_path / "random_qwen2_vl_tiny" / "preprocessor_config.json")
 
 
 def test_convert_both_ways(qwen2_dir, tmp_path):
