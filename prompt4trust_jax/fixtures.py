@@ -64,7 +64,9 @@ def shape_config(name: str, **overrides) -> qwen2.Qwen2Config:
 def write_tokenizer(out_dir: str, vocab_size: int) -> transformers.PreTrainedTokenizerFast:
   """Trains and saves a small byte-level BPE tokenizer whose ids fit `vocab_size`."""
   tok = tokenizers.Tokenizer(tok_models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  # Digits split one by one, as Qwen's pre-tokenizer does (confidences are digit tokens).
+  tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                               pre_tokenizers.ByteLevel(add_prefix_space=False)])
   tok.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(vocab_size=min(vocab_size, 1024), special_tokens=list(SPECIAL_TOKENS),
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
