@@ -11,14 +11,14 @@ prompts as one padded `generate` batch (structured mode through
 """
 
 import tempfile
-import time
 
 import jax
 import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from prompt4trust_jax import constraints, downstream, fixtures, images
+from experiments import timing
+from prompt4trust_jax import downstream, fixtures, images
 
 _SHAPE = flags.DEFINE_enum("shape", "small", ["tiny", "small"], "Model shape.")
 _IMAGES = flags.DEFINE_integer("images", 8, "Questions (one image each) per step.")
@@ -30,16 +30,6 @@ _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed calls (the median is report
 _COMPARE_HF = flags.DEFINE_bool("compare_hf", False, "Also time transformers on the same work.")
 
 OPTIONS = ("A:CT scan", "B:MRI", "C:X-ray", "D:Ultrasound")
-
-
-def _median_seconds(fn, repeats):
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
 
 
 def _work():
@@ -93,7 +83,7 @@ def _hf_answers_per_s(path, ds, items, hints, mode):
     with torch.no_grad():
       model.generate(**kwargs)
 
-  return len(rows) / _median_seconds(run, _REPEATS.value)
+  return len(rows) / timing.median_seconds(run, _REPEATS.value)
 
 
 def main(argv):
@@ -108,7 +98,7 @@ def main(argv):
     ds = downstream.Downstream.from_pretrained(
         path, downstream.ElicitationConfig(mode=mode, max_new_tokens=_MAX_NEW.value))
     keys = iter(jax.random.split(jax.random.key(0), _REPEATS.value + 1))
-    seconds = _median_seconds(lambda: ds.answer(items, hints, next(keys)), _REPEATS.value)
+    seconds = timing.median_seconds(lambda: ds.answer(items, hints, next(keys)), _REPEATS.value)
     line = f"mode={mode} answers={answers} seconds={seconds:.2f} answers_per_s={answers / seconds:.1f}"
     if _COMPARE_HF.value:
       hf = _hf_answers_per_s(path, ds, items, hints, mode)

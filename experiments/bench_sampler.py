@@ -9,14 +9,13 @@ rooflines from this device's measured matmul throughput (prefill) and memory
 bandwidth (decode reads every weight once per step). `tokens_per_s=` comes last.
 """
 
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from flax import nnx
 
+from experiments import timing
 from prompt4trust_jax import fixtures, models, sampling
 
 _SHAPE = flags.DEFINE_enum("shape", "small", ["tiny", "small", "qwen2p5_1p5b"], "Model shape.")
@@ -36,24 +35,14 @@ def _config():
   return fixtures.shape_config(_SHAPE.value, dtype=_DTYPE.value, param_dtype=_DTYPE.value)
 
 
-def _median_seconds(fn, repeats):
-  fn()  # warm-up: compilation, allocations
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
 def _device_peaks():
   """Memory bandwidth (bytes/s) and matmul throughput (FLOP/s) measured on this device."""
   big = jnp.ones((256 << 20) // 4, jnp.float32)  # 256 MiB, beyond any cache
   read = jax.jit(jnp.sum)
-  bandwidth = big.nbytes / _median_seconds(lambda: read(big).block_until_ready(), 5)
+  bandwidth = big.nbytes / timing.median_seconds(lambda: read(big).block_until_ready(), 5)
   a = jnp.ones((2048, 2048), jnp.dtype(_DTYPE.value))
   matmul = jax.jit(lambda x: x @ x)
-  flops = 2 * 2048**3 / _median_seconds(lambda: matmul(a).block_until_ready(), 5)
+  flops = 2 * 2048**3 / timing.median_seconds(lambda: matmul(a).block_until_ready(), 5)
   print(f"memory_bandwidth_GBps={bandwidth / 1e9:.1f} matmul_GFLOPs={flops / 1e9:.0f}")
   return bandwidth, flops
 
@@ -78,7 +67,7 @@ def _hf_tokens_per_s(config, prompts):
                            **SAMPLING)
     assert out.shape[1] == ids.shape[1] + n
 
-  return ids.shape[0] * n / _median_seconds(run, _REPEATS.value)
+  return ids.shape[0] * n / timing.median_seconds(run, _REPEATS.value)
 
 
 def main(argv):
@@ -94,7 +83,7 @@ def main(argv):
     def run():
       out = sampling.generate(model, prompts, max_new_tokens=new_tokens, rng=next(keys), **SAMPLING)
       assert (out.lengths_B == new_tokens).all()
-    return _median_seconds(run, _REPEATS.value)
+    return timing.median_seconds(run, _REPEATS.value)
 
   seconds = seconds_for(n)
   prefill_seconds = seconds_for(1)  # prefill and the first token

@@ -43,3 +43,11 @@ def test_bench_sampler_reports_throughput():
              "--new_tokens=4", "--repeats=1")
   last = out.strip().splitlines()[-1]
   assert last.startswith("tokens_per_s=") and float(last.split("=")[1]) > 0
+
+
+def test_bench_downstream_reports_throughput():
+  out = _run("experiments.bench_downstream", "--shape=tiny", "--images=1", "--hints=2",
+             "--max_new_tokens=4", "--repeats=1", "--image_size=56")
+  lines = out.strip().splitlines()
+  assert sum(line.startswith("mode=") for line in lines) == 2
+  assert lines[-1].startswith("answers_per_s=") and float(lines[-1].split("=")[1]) > 0
