@@ -1,0 +1,115 @@
+"""The GRPO policy update: a pure `train_step(state, batch) -> (state, metrics)`.
+
+Parameters stay in float32 (the master copy Optax updates); the policy may compute
+in bfloat16 (its config's `dtype`). A batch holds rollouts as one token array per
+completion: the prompt left padded to P tokens, then the completion right padded
+to N tokens, with the sampler's log-probabilities as the "old" policy's.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+from prompt4trust_jax import grpo
+from prompt4trust_jax.models import kv_cache as kv_cache_lib
+from prompt4trust_jax.models import qwen2
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: nnx.State
+  opt_state: optax.OptState
+  graphdef: nnx.GraphDef = struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+  @classmethod
+  def create(cls, model: nnx.Module, tx: optax.GradientTransformation) -> "TrainState":
+    graphdef, params = nnx.split(model)
+    return cls(step=jnp.int32(0), params=params, opt_state=tx.init(params), graphdef=graphdef,
+               tx=tx)
+
+
+@struct.dataclass
+class Batch:
+  tokens_BxL: jax.Array  # prompt (left padded to P) then completion (right padded to N)
+  attention_mask_BxL: jax.Array
+  completion_mask_BxN: jax.Array  # completion tokens up to and including the first EOS
+  old_logp_BxN: jax.Array  # from the sampler at generation time
+  advantages_B: jax.Array
+  ref_logp_BxN: jax.Array | None = None  # the frozen reference's, when beta > 0
+
+
+def optimizer(learning_rate: float | optax.Schedule = 1e-6, weight_decay: float = 0.0,
+              max_grad_norm: float = 1.0, b1: float = 0.9, b2: float = 0.999) -> optax.GradientTransformation:
+  """AdamW after global-norm clipping (the paper: lr 1e-6, max grad norm 1.0)."""
+  return optax.chain(optax.clip_by_global_norm(max_grad_norm),
+                     optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay))
+
+
+def completion_logprobs(model, tokens_BxL, attention_mask_BxL, completion_length: int,
+                        temperature: float = 1.0):
+  """Per-token log-probs and entropies `[B, N]` of the last N tokens under the policy.
+
+  Only the positions that predict completion tokens go through the LM head.
+  """
+  L = tokens_BxL.shape[1]
+  mask_BxTxS = kv_cache_lib.attention_mask(attention_mask_BxL, 0, L)
+  h_BxLxD, _ = model.step(model.embed(tokens_BxL), qwen2.positions_from_mask(attention_mask_BxL),
+                          mask_BxTxS, None, 0)
+  logits_BxNxV = model.logits(h_BxLxD[:, L - completion_length - 1:L - 1])
+  logprobs_BxNxV = jax.nn.log_softmax(logits_BxNxV / temperature)
+  targets_BxN = tokens_BxL[:, L - completion_length:]
+  logp_BxN = jnp.take_along_axis(logprobs_BxNxV, targets_BxN[..., None], axis=-1)[..., 0]
+  entropy_BxN = -(jnp.exp(logprobs_BxNxV) * logprobs_BxNxV).sum(-1)
+  return logp_BxN, entropy_BxN
+
+
+def _loss_fn(params, graphdef, batch: Batch, config: grpo.LossConfig, temperature: float):
+  model = nnx.merge(graphdef, params)
+  N = batch.completion_mask_BxN.shape[1]
+  logp_BxN, entropy_BxN = completion_logprobs(model, batch.tokens_BxL, batch.attention_mask_BxL,
+                                              N, temperature)
+  value, metrics = grpo.loss(logp_BxN, batch.old_logp_BxN, batch.advantages_B,
+                             batch.completion_mask_BxN, config, batch.ref_logp_BxN)
+  mask = batch.completion_mask_BxN.astype(jnp.float32)
+  metrics["entropy"] = (entropy_BxN * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+  return value, metrics
+
+
+@functools.partial(jax.jit, static_argnames=("config", "temperature", "micro_batches"),
+                   donate_argnames=("state",))
+def train_step(state: TrainState, batch: Batch, *, config: grpo.LossConfig,
+               temperature: float = 1.0, micro_batches: int = 1):
+  """One optimizer step on `batch`, accumulating gradients over `micro_batches` slices.
+
+  As in TRL, each micro-batch's loss is normalised on its own and the gradients averaged.
+  """
+  grad_fn = jax.value_and_grad(_loss_fn, has_aux=True)
+  if micro_batches == 1:
+    (_, metrics), grads = grad_fn(state.params, state.graphdef, batch, config, temperature)
+  else:
+    if batch.tokens_BxL.shape[0] % micro_batches:
+      raise ValueError(f"A batch of {batch.tokens_BxL.shape[0]} does not split into "
+                       f"{micro_batches} micro-batches.")
+    split = jax.tree.map(lambda x: x.reshape(micro_batches, -1, *x.shape[1:]), batch)
+
+    def accumulate(grads, micro):
+      (_, metrics), g = grad_fn(state.params, state.graphdef, micro, config, temperature)
+      return jax.tree.map(jnp.add, grads, g), metrics
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    grads, metrics = jax.lax.scan(accumulate, zeros, split)
+    grads = jax.tree.map(lambda g: g / micro_batches, grads)
+    metrics = jax.tree.map(jnp.mean, metrics)
+  metrics["grad_norm"] = optax.tree.norm(grads)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  mask = batch.completion_mask_BxN.astype(jnp.float32)
+  metrics["completion_length/mean"] = mask.sum(-1).mean()
+  metrics["advantage/mean"] = batch.advantages_B.mean()
+  metrics["advantage/std"] = batch.advantages_B.std()
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
