@@ -141,12 +141,13 @@ def loss(logp_BxN: jax.Array, old_logp_BxN: jax.Array, advantages_B: jax.Array,
   return value, metrics
 
 
-def completion_logprobs(logits_BxLxV: jax.Array, tokens_BxL: jax.Array, temperature: float = 1.0):
-  """Log-probability and entropy of each next token `[B, L - 1]` under logits / temperature.
+def token_logprobs(logits_BxNxV: jax.Array, targets_BxN: jax.Array, temperature: float = 1.0):
+  """Log-probability of each target and the entropy `[B, N]` under logits / temperature.
 
-  Position t scores token t + 1, as the sampler's log-probs do for what it emitted.
+  `logits_BxNxV[:, t]` is the distribution that produced `targets_BxN[:, t]`, the
+  same quantity the sampler records for what it emitted.
   """
-  logprobs_BxLxV = jax.nn.log_softmax(logits_BxLxV[:, :-1].astype(jnp.float32) / temperature)
-  logp_BxL = jnp.take_along_axis(logprobs_BxLxV, tokens_BxL[:, 1:, None], axis=-1)[..., 0]
-  entropy_BxL = -(jnp.exp(logprobs_BxLxV) * logprobs_BxLxV).sum(-1)
-  return logp_BxL, entropy_BxL
+  logprobs_BxNxV = jax.nn.log_softmax(logits_BxNxV.astype(jnp.float32) / temperature)
+  logp_BxN = jnp.take_along_axis(logprobs_BxNxV, targets_BxN[..., None], axis=-1)[..., 0]
+  entropy_BxN = -(jnp.exp(logprobs_BxNxV) * logprobs_BxNxV).sum(-1)
+  return logp_BxN, entropy_BxN

@@ -61,11 +61,7 @@ def completion_logprobs(model, tokens_BxL, attention_mask_BxL, completion_length
   h_BxLxD, _ = model.step(model.embed(tokens_BxL), qwen2.positions_from_mask(attention_mask_BxL),
                           mask_BxTxS, None, 0)
   logits_BxNxV = model.logits(h_BxLxD[:, L - completion_length - 1:L - 1])
-  logprobs_BxNxV = jax.nn.log_softmax(logits_BxNxV / temperature)
-  targets_BxN = tokens_BxL[:, L - completion_length:]
-  logp_BxN = jnp.take_along_axis(logprobs_BxNxV, targets_BxN[..., None], axis=-1)[..., 0]
-  entropy_BxN = -(jnp.exp(logprobs_BxNxV) * logprobs_BxNxV).sum(-1)
-  return logp_BxN, entropy_BxN
+  return grpo.token_logprobs(logits_BxNxV, tokens_BxL[:, L - completion_length:], temperature)
 
 
 def _loss_fn(params, graphdef, batch: Batch, config: grpo.LossConfig, temperature: float):

@@ -106,14 +106,14 @@ def test_gradient_at_ratio_one_is_the_policy_gradient():
   np.testing.assert_allclose(grad, -np.asarray(adv)[:, None] * MASK / MASK.sum(), atol=1e-7)
 
 
-def test_completion_logprobs_and_entropy():
+def test_token_logprobs_and_entropy():
   rng = np.random.default_rng(1)
-  logits = rng.normal(size=(2, 5, 7)).astype(np.float32)
-  tokens = rng.integers(0, 7, (2, 5))
-  logp, entropy = grpo.completion_logprobs(jnp.asarray(logits), jnp.asarray(tokens), 0.6)
-  scaled = logits[:, :-1] / 0.6
+  logits = rng.normal(size=(2, 4, 7)).astype(np.float32)
+  targets = rng.integers(0, 7, (2, 4))
+  logp, entropy = grpo.token_logprobs(jnp.asarray(logits), jnp.asarray(targets), 0.6)
+  scaled = logits / 0.6
   log_z = np.log(np.exp(scaled).sum(-1, keepdims=True))
   lp = scaled - log_z
-  np.testing.assert_allclose(logp, np.take_along_axis(lp, tokens[:, 1:, None], -1)[..., 0],
+  np.testing.assert_allclose(logp, np.take_along_axis(lp, targets[..., None], -1)[..., 0],
                              rtol=1e-5)
   np.testing.assert_allclose(entropy, -(np.exp(lp) * lp).sum(-1), rtol=1e-5)
