@@ -60,3 +60,28 @@ def param_sharding(path: str, shape: tuple[int, ...], mesh: Mesh | None, rules=P
     if re.search(pattern, path):
       return NamedSharding(mesh, fit_spec(spec, shape, mesh))
   raise ValueError(f"No sharding rule matches parameter {path}.")
+
+
+def dotted_path(path) -> str:
+  """`model.layers.0.mlp.up_proj.kernel` for a pytree key path (Variable `.value` dropped)."""
+  parts = []
+  for key in path:
+    name = getattr(key, "key", getattr(key, "name", getattr(key, "idx", None)))
+    if name != "value":
+      parts.append(str(name))
+  return ".".join(parts)
+
+
+def tree_shardings(params, mesh: Mesh | None, rules=PARAM_RULES):
+  """A sharding for every parameter of a pytree (e.g. an `nnx.State`), by its path."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: param_sharding(dotted_path(path), x.shape, mesh, rules), params)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Examples split over every data-parallel device (data x fsdp); the rest replicated."""
+  return NamedSharding(mesh, P(("data", "fsdp")))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())

@@ -14,6 +14,7 @@ import optax
 from flax import nnx, struct
 
 from prompt4trust_jax import grpo
+from prompt4trust_jax import sharding as sharding_lib
 from prompt4trust_jax.models import kv_cache as kv_cache_lib
 from prompt4trust_jax.models import qwen2
 
@@ -76,10 +77,8 @@ def _loss_fn(params, graphdef, batch: Batch, config: grpo.LossConfig, temperatur
   return value, metrics
 
 
-@functools.partial(jax.jit, static_argnames=("config", "temperature", "micro_batches"),
-                   donate_argnames=("state",))
-def train_step(state: TrainState, batch: Batch, *, config: grpo.LossConfig,
-               temperature: float = 1.0, micro_batches: int = 1):
+def _train_step(state: TrainState, batch: Batch, *, config: grpo.LossConfig,
+                temperature: float = 1.0, micro_batches: int = 1):
   """One optimizer step on `batch`, accumulating gradients over `micro_batches` slices.
 
   As in TRL, each micro-batch's loss is normalised on its own and the gradients averaged.
@@ -109,3 +108,31 @@ def train_step(state: TrainState, batch: Batch, *, config: grpo.LossConfig,
   metrics["advantage/mean"] = batch.advantages_B.mean()
   metrics["advantage/std"] = batch.advantages_B.std()
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+train_step = jax.jit(_train_step, static_argnames=("config", "temperature", "micro_batches"),
+                     donate_argnames=("state",))
+train_step.__doc__ = _train_step.__doc__
+
+
+def state_shardings(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
+  """Where each part of the state lives: parameters by the partition rules, Adam moments
+  like their parameters, counters replicated."""
+  params = sharding_lib.tree_shardings(state.params, mesh)
+  opt_state = optax.tree_map_params(state.tx, lambda _, s: s, state.opt_state, params,
+                                    transform_non_params=lambda _: sharding_lib.replicated(mesh))
+  return state.replace(step=sharding_lib.replicated(mesh), params=params, opt_state=opt_state)
+
+
+def sharded_train_step(state: TrainState, mesh: jax.sharding.Mesh, *, config: grpo.LossConfig,
+                       temperature: float = 1.0, micro_batches: int = 1):
+  """`(state placed on mesh, step_fn)`: `step_fn(state, batch)` is `train_step` jitted with
+  explicit in/out shardings (batch split over data x fsdp) and the state donated."""
+  state_sh = state_shardings(state, mesh)
+  batch_sh = sharding_lib.batch_sharding(mesh)
+  step_fn = jax.jit(
+      functools.partial(_train_step, config=config, temperature=temperature,
+                        micro_batches=micro_batches),
+      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, sharding_lib.replicated(mesh)),
+      donate_argnums=0)
+  return jax.device_put(state, state_sh), step_fn
