@@ -65,6 +65,15 @@ def completion_logprobs(model, tokens_BxL, attention_mask_BxL, completion_length
   return grpo.token_logprobs(logits_BxNxV, tokens_BxL[:, L - completion_length:], temperature)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "completion_length", "temperature"))
+def reference_logprobs(graphdef, params, tokens_BxL, attention_mask_BxL, completion_length: int,
+                       temperature: float = 1.0) -> jax.Array:
+  """The frozen reference's per-token log-probs `[B, N]`, once per rollout (for the KL)."""
+  model = nnx.merge(graphdef, params)
+  return completion_logprobs(model, tokens_BxL, attention_mask_BxL, completion_length,
+                             temperature)[0]
+
+
 def _loss_fn(params, graphdef, batch: Batch, config: grpo.LossConfig, temperature: float):
   model = nnx.merge(graphdef, params)
   N = batch.completion_mask_BxN.shape[1]
@@ -103,11 +112,17 @@ def _train_step(state: TrainState, batch: Batch, *, config: grpo.LossConfig,
   metrics["grad_norm"] = optax.tree.norm(grads)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  # A non-finite loss or gradient leaves the state as it was (the caller counts skips).
+  ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+  params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+  metrics["skipped"] = (~ok).astype(jnp.float32)
   mask = batch.completion_mask_BxN.astype(jnp.float32)
   metrics["completion_length/mean"] = mask.sum(-1).mean()
   metrics["advantage/mean"] = batch.advantages_B.mean()
   metrics["advantage/std"] = batch.advantages_B.std()
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return state.replace(step=state.step + ok.astype(jnp.int32), params=params,
+                       opt_state=opt_state), metrics
 
 
 train_step = jax.jit(_train_step, static_argnames=("config", "temperature", "micro_batches"),

@@ -89,3 +89,16 @@ def test_adam_moments_are_sharded_like_their_parameters():
   spec = lambda tree: tree["model"]["layers"][0]["mlp"]["down_proj"]["kernel"].get_value().spec
   assert spec(adam.mu) == spec(adam.nu) == spec(shardings.params) == jax.sharding.PartitionSpec(
       "tensor", "fsdp")
+
+
+def test_non_finite_loss_leaves_the_state_unchanged():
+  prompts = np.random.default_rng(4).integers(0, 64, (PROMPTS, 4)).tolist()
+  state = update.TrainState.create(models.Qwen2ForCausalLM(TOY, rngs=nnx.Rngs(0)),
+                                   update.optimizer(learning_rate=1e-3))
+  before = jax.tree.map(np.asarray, state.params)
+  batch, _ = _rollout(state, prompts, jax.random.key(5))
+  batch = batch.replace(advantages_B=batch.advantages_B.at[0].set(jnp.nan))
+  state, metrics = update.train_step(state, batch, config=grpo.LossConfig(beta=0.0))
+  assert float(metrics["skipped"]) == 1.0 and int(state.step) == 0
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(before)):
+    np.testing.assert_array_equal(a, b)
