@@ -7,6 +7,8 @@ a randomly initialised model exported through the same code path as a trained on
 
 import os
 
+import numpy as np
+
 from flax import nnx
 import tokenizers
 from tokenizers import decoders, models as tok_models, pre_tokenizers, trainers
@@ -117,3 +119,22 @@ def write_random_qwen2_vl(out_dir: str, config: qwen2_vl.Qwen2VLConfig, seed: in
   write_tokenizer(out_dir, config.vocab_size)
   images.image_processor(image_config).save_pretrained(out_dir)
   return out_dir
+
+
+_MODALITIES = ("CT scan", "MRI", "X-ray", "Ultrasound")
+
+
+def synthetic_questions(n: int, seed: int = 0, image_size: int = 112):
+  """`n` PMC-VQA-like examples on random images: (question, 4 options, answer index, image).
+
+  A stand-in until the data builders land; the answer is fixed by the seed.
+  """
+  from PIL import Image  # pillow is a library dependency; imported here to keep startup light
+  rng = np.random.default_rng(seed)
+  examples = []
+  for i in range(n):
+    options = tuple(f"{letter}:{m}" for letter, m in zip("ABCD", rng.permutation(_MODALITIES)))
+    image = Image.fromarray(rng.integers(0, 255, (image_size, image_size, 3), np.uint8))
+    examples.append(dict(id=f"synthetic-{i}", question=f"Case {i}: which modality acquired this image?",
+                         options=options, answer=int(rng.integers(4)), image=image))
+  return examples

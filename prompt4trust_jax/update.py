@@ -145,9 +145,17 @@ def sharded_train_step(state: TrainState, mesh: jax.sharding.Mesh, *, config: gr
   explicit in/out shardings (batch split over data x fsdp) and the state donated."""
   state_sh = state_shardings(state, mesh)
   batch_sh = sharding_lib.batch_sharding(mesh)
-  step_fn = jax.jit(
+  jitted = jax.jit(
       functools.partial(_train_step, config=config, temperature=temperature,
                         micro_batches=micro_batches),
       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, sharding_lib.replicated(mesh)),
       donate_argnums=0)
+  devices = mesh.shape["data"] * mesh.shape["fsdp"]
+
+  def step_fn(state: TrainState, batch: Batch):
+    if batch.tokens_BxL.shape[0] % devices:
+      raise ValueError(f"A batch of {batch.tokens_BxL.shape[0]} completions does not split over "
+                       f"the {devices} data-parallel devices; change questions or generations.")
+    return jitted(state, jax.device_put(batch, batch_sh))
+
   return jax.device_put(state, state_sh), step_fn

@@ -1,0 +1,19 @@
+"""Trains a Prompt4Trust policy. The launch command is in each config's docstring."""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from prompt4trust_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/prompt4trust_demo", "Checkpoints and logs.")
+
+
+def main(argv):
+  del argv
+  metrics = train.run(_CONFIG.value, _WORKDIR.value)
+  print("final: " + " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+
+
+if __name__ == "__main__":
+  app.run(main)
