@@ -16,7 +16,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.mesh = dict(data=1, fsdp=-1, tensor=1)
+  c.mesh = dict(data=1, fsdp=-1, tensor=1)  # -1: all remaining devices
+  # Multi-host: e.g. dict() on a TPU pod slice (all discovered), or
+  # dict(coordinator_address="host0:1234", num_processes=2, process_id=0) on GPU hosts.
+  c.distributed = None
   c.policy = dict(path="", random_shape="tiny", dtype="float32")
   c.downstream = dict(path="", random_shape="tiny", dtype="float32", mode="structured",
                       temperature=0.1, top_p=0.95, max_new_tokens=256)

@@ -11,11 +11,16 @@ checkpoints every 200 steps, keep 3. The PMC-VQA data builder arrives with the d
 until then `data.name` must be "synthetic".
 """
 
+import ml_collections
+
 from configs import demo
 
 
 def get_config(arg: str | None = None):
-  c = demo.get_config(arg)
+  """`configs/pmcvqa.py:multihost` joins a multi-host run (see BUILD.md)."""
+  c = demo.get_config()
+  if arg == "multihost":
+    c.distributed = ml_collections.ConfigDict()  # TPU pod slices: everything is discovered
   c.policy.path = ""  # set to the Qwen2.5-1.5B-Instruct checkpoint
   c.downstream.path = ""  # set to the Qwen2-VL-2B-Instruct checkpoint
   c.policy.dtype = c.downstream.dtype = "bfloat16"

@@ -89,6 +89,8 @@ class Logger:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (or resumes) the policy; returns the last step's metrics."""
   os.makedirs(workdir, exist_ok=True)
+  if config.get("distributed") is not None:
+    sharding.initialize_distributed(**config.distributed)
   mesh = sharding.make_mesh(**config.mesh)
   policy_dir = _model_dir(config.policy, workdir, config.seed, vision=False)
   policy = models.from_pretrained(policy_dir, dtype=config.policy.dtype, param_dtype="float32",

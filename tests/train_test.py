@@ -45,3 +45,31 @@ def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path):
 def test_unknown_data_set_is_named(tmp_path):
   with pytest.raises(ValueError, match="Unknown data set 'pmc'"):
     train.run(_config(1, **{"data.name": "pmc"}), str(tmp_path))
+
+
+def test_sigkill_and_restart_matches_an_uninterrupted_run(tmp_path):
+  """A run killed with SIGKILL mid-training and started again ends with the same parameters."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  args = [sys.executable, "-m", "experiments.train", "--config=configs/demo.py",
+          "--config.train.total_steps=4", "--config.train.checkpoint_every=1",
+          "--config.sampling.max_new_tokens=12"]
+  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  killed = str(tmp_path / "killed")
+  proc = subprocess.Popen(args + [f"--workdir={killed}"], cwd=root, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not os.path.isdir(os.path.join(killed, "checkpoints", "2")) and time.time() < deadline:
+    assert proc.poll() is None, "the run ended before it could be killed"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  for workdir in (killed, str(tmp_path / "straight")):
+    subprocess.run(args + [f"--workdir={workdir}"], cwd=root, env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+  a, b = _checkpoint(killed, 4), _checkpoint(str(tmp_path / "straight"), 4)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

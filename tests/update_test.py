@@ -102,3 +102,19 @@ def test_non_finite_loss_leaves_the_state_unchanged():
   assert float(metrics["skipped"]) == 1.0 and int(state.step) == 0
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(before)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_remat_gives_the_same_gradients(tmp_path):
+  import dataclasses
+  prompts = np.random.default_rng(6).integers(0, 64, (PROMPTS, 4)).tolist()
+  make = lambda cfg: update.TrainState.create(models.Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(0)),
+                                              optax.sgd(1.0))
+  batch, _ = _rollout(make(TOY), prompts, jax.random.key(7))
+  plain, m1 = update.train_step(make(TOY), batch, config=grpo.LossConfig(beta=0.0))
+  remat, m2 = update.train_step(make(dataclasses.replace(TOY, remat=True)), batch,
+                                config=grpo.LossConfig(beta=0.0))
+  for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(remat.params)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  np.testing.assert_allclose(m1["grad_norm"], m2["grad_norm"], rtol=1e-6)
+  loss = lambda params: nnx.merge(remat.graphdef, params)(input_ids=jnp.ones((1, 4), jnp.int32)).sum()
+  assert str(jax.make_jaxpr(jax.grad(loss))(remat.params)).count("remat") == TOY.num_layers

@@ -58,16 +58,18 @@ def _with_params(model: nnx.Module, params: dict[str, jax.Array]) -> nnx.Module:
 
 
 def from_pretrained(path: str, dtype: str = "float32", param_dtype: str | None = None,
-                    mesh: jax.sharding.Mesh | None = None) -> nnx.Module:
+                    mesh: jax.sharding.Mesh | None = None, **config_overrides) -> nnx.Module:
   """Loads a hub directory or converted checkpoint, dispatching on `model_type`.
 
   `dtype` is the compute dtype; parameters are stored in `param_dtype` (default:
   `dtype`). With a `mesh`, each parameter lands directly on its sharding.
+  `config_overrides` set text-model options such as `remat=True`.
   """
   hf_config = read_config(path)
   family = families.get(hf_config.get("model_type"), os.path.join(path, "config.json"))
   config = family.config_from_hf(hf_config, dtype=jnp.dtype(dtype).name,
-                                 param_dtype=jnp.dtype(param_dtype or dtype).name)
+                                 param_dtype=jnp.dtype(param_dtype or dtype).name,
+                                 **config_overrides)
   model = abstract_model(family, config)
   targets = _targets(model, mesh)
   params_dir = os.path.join(os.path.abspath(path), PARAMS_DIR)

@@ -31,6 +31,7 @@ class Qwen2Config:
   tie_word_embeddings: bool = False
   qkv_bias: bool = True
   mrope_section: tuple[int, ...] | None = None  # set by the Qwen2-VL family
+  remat: bool = False  # recompute each layer's activations in the backward pass
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
 
@@ -143,10 +144,11 @@ class Qwen2Decoder(nnx.Module):
                                                 cfg.mrope_section)
     else:
       cos_BxTxH, sin_BxTxH = rope.cos_sin(positions, cfg.head_dim, cfg.rope_theta)
+    call = nnx.remat(DecoderLayer.__call__) if cfg.remat else DecoderLayer.__call__
     new_cache = []
     for i, layer in enumerate(self.layers):
-      x_BxTxD, layer_cache = layer(x_BxTxD, cos_BxTxH, sin_BxTxH, mask_BxTxS,
-                                   None if cache is None else cache[i], cache_index)
+      x_BxTxD, layer_cache = call(layer, x_BxTxD, cos_BxTxH, sin_BxTxH, mask_BxTxS,
+                                  None if cache is None else cache[i], cache_index)
       new_cache.append(layer_cache)
     return self.norm(x_BxTxD), (None if cache is None else tuple(new_cache))
 

@@ -38,13 +38,14 @@ class Qwen2VLConfig:
     return self.text.vocab_size
 
   @classmethod
-  def from_hf(cls, hf: dict[str, Any], dtype: str = "float32",
-              param_dtype: str = "float32") -> "Qwen2VLConfig":
+  def from_hf(cls, hf: dict[str, Any], dtype: str = "float32", param_dtype: str = "float32",
+              **text_overrides) -> "Qwen2VLConfig":
     """Reads a hub config.json (text fields at top level) or a re-saved one (`text_config`)."""
     text = {**hf, **(hf.get("text_config") or {})}
     if "tie_word_embeddings" in hf:
       text["tie_word_embeddings"] = hf["tie_word_embeddings"]
-    text_cfg = qwen2.Qwen2Config.from_hf(text, dtype=dtype, param_dtype=param_dtype)
+    text_cfg = qwen2.Qwen2Config.from_hf(text, dtype=dtype, param_dtype=param_dtype,
+                                         **text_overrides)
     if not text_cfg.mrope_section:
       raise ValueError("config.json of a Qwen2-VL model lacks rope_scaling.mrope_section.")
     v = hf.get("vision_config") or {}
