@@ -51,3 +51,10 @@ def test_bench_downstream_reports_throughput():
   lines = out.strip().splitlines()
   assert sum(line.startswith("mode=") for line in lines) == 2
   assert lines[-1].startswith("answers_per_s=") and float(lines[-1].split("=")[1]) > 0
+
+
+def test_bench_grpo_reports_throughput():
+  out = _run("experiments.bench_grpo", "--shape=tiny", "--prompts=2", "--group=2",
+             "--completion=4", "--steps=1")
+  last = out.strip().splitlines()[-1]
+  assert last.startswith("completions_per_s=") and float(last.split("=")[1]) > 0
