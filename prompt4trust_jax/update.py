@@ -112,8 +112,9 @@ def _train_step(state: TrainState, batch: Batch, *, config: grpo.LossConfig,
   metrics["grad_norm"] = optax.tree.norm(grads)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  # A non-finite loss or gradient leaves the state as it was (the caller counts skips).
-  ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+  # A non-finite loss, gradient or update leaves the state as it was (the caller counts skips).
+  ok = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+        & jnp.isfinite(optax.tree.norm(updates)))
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
   params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
   metrics["skipped"] = (~ok).astype(jnp.float32)

@@ -73,3 +73,16 @@ def test_sigkill_and_restart_matches_an_uninterrupted_run(tmp_path):
   a, b = _checkpoint(killed, 4), _checkpoint(str(tmp_path / "straight"), 4)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_repeated_non_finite_updates_stop_the_run_without_a_checkpoint(tmp_path):
+  config = _config(6, **{"optimizer.learning_rate": float("nan")})
+  config.train.max_failures = 2
+  with pytest.raises(FloatingPointError, match="3 updates in a row were not finite"):
+    train.run(config, str(tmp_path))
+  manager = ocp.CheckpointManager(os.path.join(tmp_path, "checkpoints"))
+  # Step 2's checkpoint holds the untouched initial parameters; nothing after the stop.
+  assert manager.latest_step() == 2
+  restored = manager.restore(2)
+  assert int(restored["step"]) == 0
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored["params"]))

@@ -118,3 +118,17 @@ def test_remat_gives_the_same_gradients(tmp_path):
   np.testing.assert_allclose(m1["grad_norm"], m2["grad_norm"], rtol=1e-6)
   loss = lambda params: nnx.merge(remat.graphdef, params)(input_ids=jnp.ones((1, 4), jnp.int32)).sum()
   assert str(jax.make_jaxpr(jax.grad(loss))(remat.params)).count("remat") == TOY.num_layers
+
+
+def test_bfloat16_compute_keeps_float32_master_weights():
+  import dataclasses
+  prompts = np.random.default_rng(8).integers(0, 64, (PROMPTS, 4)).tolist()
+  mixed = dataclasses.replace(TOY, dtype="bfloat16", param_dtype="float32")
+  state = update.TrainState.create(models.Qwen2ForCausalLM(mixed, rngs=nnx.Rngs(0)),
+                                   update.optimizer(learning_rate=1e-3))
+  batch, _ = _rollout(state, prompts, jax.random.key(9))
+  state, metrics = update.train_step(state, batch, config=grpo.LossConfig(beta=0.0))
+  assert float(metrics["skipped"]) == 0 and np.isfinite(float(metrics["loss"]))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.opt_state)
+             if hasattr(x, "dtype") and x.ndim > 0)
