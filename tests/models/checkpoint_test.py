@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 
-import jax
 import numpy as np
 import pytest
 import safetensors.numpy
