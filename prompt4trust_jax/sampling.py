@@ -205,7 +205,12 @@ def fork(state: DecodeState, copies: int) -> DecodeState:
 
 def emit(state: DecodeState, logits_BxV: jax.Array, key: jax.Array, params: SamplingParams,
          trie: constraints.ChoiceTrie | None = None) -> DecodeState:
-  """Samples each unfinished row's next token from `logits_BxV` and records it."""
+  """Samples each unfinished row's next token from `logits_BxV` and records it.
+
+  With a `trie` the draw (and its recorded log-prob) is from the model's distribution
+  restricted to the row's allowed children; the children's unrestricted probabilities
+  at the first branching node are kept in `choice_probs_BxC` (the logit mode reads them).
+  """
   if trie is not None:
     children_BxC = trie.child_token[state.node_B]
     branching_B = (children_BxC >= 0).sum(-1) > 1
