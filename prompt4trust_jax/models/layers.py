@@ -45,7 +45,10 @@ class SwiGLU(nnx.Module):
     self.down_proj = linear(hidden, dim, **kw)
 
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-    return self.down_proj(jax.nn.silu(self.gate_proj(x_BxTxD)) * self.up_proj(x_BxTxD))
+    # 2-D matmuls: XLA:CPU's backward of the [B, T, D] form is ~25% slower.
+    x_MxD = x_BxTxD.reshape(-1, x_BxTxD.shape[-1])
+    out_MxD = self.down_proj(jax.nn.silu(self.gate_proj(x_MxD)) * self.up_proj(x_MxD))
+    return out_MxD.reshape(x_BxTxD.shape[:-1] + out_MxD.shape[-1:])
 
 
 def attend(q_BxTxNxH, k_BxSxKxH, v_BxKxSxH, mask_BxTxS) -> jax.Array:
@@ -90,10 +93,11 @@ class Attention(nnx.Module):
     `mask_BxTxS` is True where query t may attend key s (causality and padding).
     Returns the output and the updated layer cache (None without a cache).
     """
-    B, T, _ = x_BxTxD.shape
-    q_BxTxNxH = self.q_proj(x_BxTxD).reshape(B, T, self.num_heads, self.head_dim)
-    k_BxTxKxH = self.k_proj(x_BxTxD).reshape(B, T, self.num_kv_heads, self.head_dim)
-    v_BxTxKxH = self.v_proj(x_BxTxD).reshape(B, T, self.num_kv_heads, self.head_dim)
+    B, T, D = x_BxTxD.shape
+    x_MxD = x_BxTxD.reshape(B * T, D)  # 2-D matmuls, as in SwiGLU
+    q_BxTxNxH = self.q_proj(x_MxD).reshape(B, T, self.num_heads, self.head_dim)
+    k_BxTxKxH = self.k_proj(x_MxD).reshape(B, T, self.num_kv_heads, self.head_dim)
+    v_BxTxKxH = self.v_proj(x_MxD).reshape(B, T, self.num_kv_heads, self.head_dim)
     q_BxTxNxH = rope.apply(q_BxTxNxH, cos_BxTxH, sin_BxTxH)
     k_BxTxKxH = rope.apply(k_BxTxKxH, cos_BxTxH, sin_BxTxH)
     if cache is not None:
@@ -102,4 +106,5 @@ class Attention(nnx.Module):
     else:
       k_BxSxKxH, v_BxKxSxH = k_BxTxKxH, jnp.swapaxes(v_BxTxKxH, 1, 2)
     out_BxTxNxH = attend(q_BxTxNxH, k_BxSxKxH, v_BxKxSxH, mask_BxTxS)
-    return self.o_proj(out_BxTxNxH.reshape(B, T, self.num_heads * self.head_dim)), cache
+    out_BxTxD = self.o_proj(out_BxTxNxH.reshape(B * T, self.num_heads * self.head_dim))
+    return out_BxTxD.reshape(B, T, D), cache

@@ -185,8 +185,10 @@ class DecoderLM(nnx.Module):
     if head_DxV is None:
       head_DxV = self.lm_head_kernel()
     dtype = jnp.dtype(self.text_config.dtype)
-    return jnp.dot(h_BxTxD.astype(dtype), head_DxV.astype(dtype),
-                   preferred_element_type=jnp.float32)
+    # One 2-D matmul: XLA:CPU's backward of the 3-D form is ~25% slower.
+    h_MxD = h_BxTxD.reshape(-1, h_BxTxD.shape[-1]).astype(dtype)
+    logits_MxV = jnp.dot(h_MxD, head_DxV.astype(dtype), preferred_element_type=jnp.float32)
+    return logits_MxV.reshape(*h_BxTxD.shape[:-1], -1)
 
   def init_cache(self, batch: int, length: int):
     cfg = self.text_config
