@@ -187,7 +187,7 @@ class Downstream:
                                                      self.pad_token_id)
     max_new = self.trie.max_depth if self.trie is not None else cfg.max_new_tokens
     graphdef, state = nnx.split(self.model)
-    return _start(graphdef, state, tokens, mask, positions, image_embeds, suffix_tokens,
+    return _prefill_and_emit(graphdef, state, tokens, mask, positions, image_embeds, suffix_tokens,
                   suffix_mask, rng, self.trie, copies=copies,
                   cache_length=tokens.shape[1] + suffix_length + max_new, max_new_tokens=max_new,
                   params=self._params())
@@ -202,10 +202,11 @@ class Downstream:
     graphdef, weights = nnx.split(self.model)
     total = state.tokens_BxN.shape[1]
     if self.trie is not None:
-      return _continue(graphdef, weights, state, rng, self.trie, steps=total, params=self._params())
+      return _decode_chunk(graphdef, weights, state, rng, self.trie, steps=total,
+                           params=self._params())
     parser = parsing.get_parser(self.config.parser)
     while True:
-      state = _continue(graphdef, weights, state, rng, None, steps=self.config.check_every,
+      state = _decode_chunk(graphdef, weights, state, rng, None, steps=self.config.check_every,
                         params=self._params())
       step, done = int(state.step), np.array(state.done_B)
       if step >= total or done.all():
@@ -257,7 +258,7 @@ def _branch_letters(trie: constraints.ChoiceTrie, completion_letters: list[str],
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "copies", "cache_length",
                                              "max_new_tokens", "params"))
-def _start(graphdef, state, tokens_QxP, mask_QxP, positions, image_embeds_IxD, suffix_BxT,
+def _prefill_and_emit(graphdef, state, tokens_QxP, mask_QxP, positions, image_embeds_IxD, suffix_BxT,
            suffix_mask_BxT, rng, trie, *, copies: int, cache_length: int, max_new_tokens: int,
            params: sampling.SamplingParams) -> sampling.DecodeState:
   """Prefills prefixes, forks them `copies` ways, prefills suffixes, emits the first token."""
@@ -285,7 +286,7 @@ def _start(graphdef, state, tokens_QxP, mask_QxP, positions, image_embeds_IxD, s
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "steps", "params"),
                    donate_argnames=("decode_state",))
-def _continue(graphdef, state, decode_state, rng, trie, *, steps: int,
+def _decode_chunk(graphdef, state, decode_state, rng, trie, *, steps: int,
               params: sampling.SamplingParams) -> sampling.DecodeState:
   model = nnx.merge(graphdef, state)
   return sampling.decode(model, decode_state, rng, params, sampling.decode_head(model), steps, trie)

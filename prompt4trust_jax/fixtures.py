@@ -5,9 +5,9 @@ with Qwen's special tokens and ChatML chat template, trained on a few sentences,
 a randomly initialised model exported through the same code path as a trained one.
 """
 
-import os
 
 import numpy as np
+from PIL import Image
 
 from flax import nnx
 import tokenizers
@@ -88,13 +88,6 @@ def write_random_qwen2(out_dir: str, config: qwen2.Qwen2Config, seed: int = 0) -
   return out_dir
 
 
-def ensure_random_qwen2(out_dir: str, config: qwen2.Qwen2Config, seed: int = 0) -> str:
-  """`write_random_qwen2` unless `out_dir` already holds a checkpoint."""
-  if not os.path.exists(os.path.join(out_dir, "config.json")):
-    write_random_qwen2(out_dir, config, seed)
-  return out_dir
-
-
 def vl_shape_config(name: str, qwen2_5: bool = False, **dtypes) -> qwen2_vl.Qwen2VLConfig:
   """A Qwen2-VL (or Qwen2.5-VL) of a named shape whose special ids match `write_tokenizer`."""
   text = shape_config(name, **dtypes)
@@ -129,7 +122,6 @@ def synthetic_questions(n: int, seed: int = 0, image_size: int = 112):
 
   A stand-in until the data builders land; the answer is fixed by the seed.
   """
-  from PIL import Image  # pillow is a library dependency; imported here to keep startup light
   rng = np.random.default_rng(seed)
   examples = []
   for i in range(n):

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from prompt4trust_jax import models, sampling
 from tests import hf_oracle
@@ -94,5 +95,5 @@ def test_presets_have_released_shapes():
       1536, 28, 12, 2, 128)
   assert cfg.tie_word_embeddings and not models.qwen2p5_7b_instruct().tie_word_embeddings
   n_params = sum(np.prod(s.shape) for s in jax.tree.leaves(jax.eval_shape(
-      lambda: models.flat_params(models.Qwen2ForCausalLM(cfg, rngs=__import__("flax").nnx.Rngs(0))))))
+      lambda: models.flat_params(models.Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(0))))))
   assert 1.50e9 < n_params < 1.56e9  # Qwen2.5-1.5B has 1.54B parameters

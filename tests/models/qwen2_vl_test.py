@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from prompt4trust_jax import models
-from prompt4trust_jax.models import qwen2_vl
+from prompt4trust_jax.models import qwen2_vl, vision
 from tests import hf_oracle
 
 S, E, IMG = hf_oracle.VISION_START, hf_oracle.VISION_END, hf_oracle.IMAGE_TOKEN
@@ -76,7 +76,7 @@ def test_image_token_mismatch_is_named(vl_dir):
 
 def test_vision_windows_cover_each_image(vl_dir):
   config = models.from_pretrained(vl_dir).config
-  _, image_L, window_L = __import__("prompt4trust_jax.models.vision", fromlist=["x"]).vision_inputs(
+  _, image_L, window_L = vision.vision_inputs(
       np.array([[1, 8, 12], [1, 4, 4]]), config.vision, length=140)
   assert (image_L[:96] == 0).all() and (image_L[96:112] == 1).all() and (image_L[112:] == -1).all()
   if config.vision.qwen2_5:  # 2x2 merged units per window: 4x6 merged grid -> 6 windows
@@ -86,7 +86,6 @@ def test_vision_windows_cover_each_image(vl_dir):
 def test_image_features_match_transformers(vl_dir):
   """The vision tower alone, tighter than logits: windows and merges must line up."""
   import torch
-  from prompt4trust_jax.models import vision
   ref = hf_oracle.load_vl(vl_dir)
   model = models.from_pretrained(vl_dir)
   out = hf_oracle.image_processor()(images=[_image(168, 112, 0), _image(84, 140, 2)],
