@@ -11,6 +11,8 @@ the same command resumes from the last checkpoint. Real checkpoints:
 
 import ml_collections
 
+from prompt4trust_jax import data
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
@@ -23,7 +25,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.policy = dict(path="", random_shape="tiny", dtype="float32")
   c.downstream = dict(path="", random_shape="tiny", dtype="float32", mode="structured",
                       temperature=0.1, top_p=0.95, max_new_tokens=256)
-  c.data = dict(name="synthetic", num_examples=16, questions_per_step=2)
+  # The committed synthetic PMC-VQA copy, prepared once into the workdir's tfds folder.
+  c.data = dict(name="pmc_vqa/mini", split="train_32", manual_dir=data.FIXTURE_DIR, data_dir="",
+                strict=False, questions_per_step=2)
   c.sampling = dict(num_generations=4, max_new_tokens=24, temperature=0.6, top_p=0.95, top_k=100)
   c.grpo = dict(beta=0.04, kl_estimator="k3", epsilon_low=0.2, epsilon_high=0.2,
                 aggregation="bnpo", advantage="group_mean", num_iterations=2, micro_batches=1)

@@ -2,13 +2,14 @@
 
   python -m experiments.train --config=configs/pmcvqa.py \
       --config.policy.path=ckpts/qwen2p5_1p5b --config.downstream.path=ckpts/qwen2_vl_2b \
-      --workdir=runs/pmcvqa
+      --config.data.manual_dir=/data/pmc_vqa --workdir=runs/pmcvqa
 
 (checkpoint paths: hub downloads or `experiments.convert` outputs). METHOD.md lists the
 settings: 8 questions x 8 hints per step, lr 1e-6, beta 0.04 (k3), clip 0.2, mu 4,
 policy sampling 0.6/0.95/100 up to 512 tokens, downstream at temperature 0.1 (256 tokens),
-checkpoints every 200 steps, keep 3. The PMC-VQA data builder arrives with the data issue;
-until then `data.name` must be "synthetic".
+checkpoints every 200 steps, keep 3. Data: `--config.data.manual_dir=` the folder with
+PMC-VQA's CSVs and images (prepared once into `--config.data.data_dir`, default
+`<workdir>/tfds`; see `prompt4trust_jax/data/pmc_vqa.py`).
 """
 
 import ml_collections
@@ -25,8 +26,8 @@ def get_config(arg: str | None = None):
   c.downstream.path = ""  # set to the Qwen2-VL-2B-Instruct checkpoint
   c.policy.dtype = c.downstream.dtype = "bfloat16"
   c.downstream.mode = "verbalized"
-  c.data.questions_per_step = 8
-  c.data.num_examples = 5000
+  c.data.update(name="pmc_vqa/paper", split="train_5k", questions_per_step=8,
+                manual_dir="")  # set to the folder with train.csv, test_clean.csv, images/
   c.sampling.update(num_generations=8, max_new_tokens=512)
   c.grpo.num_iterations = 4
   c.optimizer.learning_rate = 1e-6

@@ -106,6 +106,10 @@ class Downstream:
       processor = images.image_processor_from_pretrained(path, min_pixels, max_pixels)
     return cls(model, models.load_tokenizer(path), processor, config)
 
+  def with_config(self, config: ElicitationConfig) -> "Downstream":
+    """The same model, tokenizer and image processor (shared, not copied) under `config`."""
+    return Downstream(self.model, self.tokenizer, self.image_processor, config)
+
   def answer(self, items: Sequence[Item], hints: Sequence[Sequence[str | None]] | None = None,
              rng: jax.Array | None = None) -> Answers:
     """Answers each item once per hint (`hints[i]` holds item i's G hints; None: no hint)."""

@@ -5,10 +5,6 @@ with Qwen's special tokens and ChatML chat template, trained on a few sentences,
 a randomly initialised model exported through the same code path as a trained one.
 """
 
-
-import numpy as np
-from PIL import Image
-
 from flax import nnx
 import tokenizers
 from tokenizers import decoders, models as tok_models, pre_tokenizers, trainers
@@ -112,21 +108,3 @@ def write_random_qwen2_vl(out_dir: str, config: qwen2_vl.Qwen2VLConfig, seed: in
   write_tokenizer(out_dir, config.vocab_size)
   images.image_processor(image_config).save_pretrained(out_dir)
   return out_dir
-
-
-_MODALITIES = ("CT scan", "MRI", "X-ray", "Ultrasound")
-
-
-def synthetic_questions(n: int, seed: int = 0, image_size: int = 112):
-  """`n` PMC-VQA-like examples on random images: (question, 4 options, answer index, image).
-
-  A stand-in until the data builders land; the answer is fixed by the seed.
-  """
-  rng = np.random.default_rng(seed)
-  examples = []
-  for i in range(n):
-    options = tuple(f"{letter}:{m}" for letter, m in zip("ABCD", rng.permutation(_MODALITIES)))
-    image = Image.fromarray(rng.integers(0, 255, (image_size, image_size, 3), np.uint8))
-    examples.append(dict(id=f"synthetic-{i}", question=f"Case {i}: which modality acquired this image?",
-                         options=options, answer=int(rng.integers(4)), image=image))
-  return examples

@@ -30,6 +30,10 @@ class ImageError(ValueError):
   """An image that cannot be used; the message names its source and the problem."""
 
 
+class ImageTooSmallError(ImageError):
+  """An image that decodes but has a side under the minimum."""
+
+
 def load_image(source: str | os.PathLike | bytes | Image.Image,
                min_side: int = MIN_SIDE) -> Image.Image:
   """Decodes a file path or encoded bytes fully (truncation fails here) into an RGB image.
@@ -47,7 +51,7 @@ def load_image(source: str | os.PathLike | bytes | Image.Image,
   if isinstance(source, Image.Image):
     name = f"<{source.mode} image {source.width}x{source.height}>"
     if min(source.size) < min_side:
-      raise ImageError(f"{name}: below the {min_side} px minimum side.")
+      raise ImageTooSmallError(f"{name}: below the {min_side} px minimum side.")
     return _to_rgb(source, name)
   if isinstance(source, (bytes, bytearray)):
     name, stream = f"<{len(source)} bytes>", io.BytesIO(source)
@@ -59,8 +63,8 @@ def load_image(source: str | os.PathLike | bytes | Image.Image,
   with _open(stream, name) as img:
     width, height = img.size
     if min(width, height) < min_side:
-      raise ImageError(f"{name}: image is {width}x{height} px, below the {min_side} px minimum "
-                       "side; drop the example or pass a smaller min_side.")
+      raise ImageTooSmallError(f"{name}: image is {width}x{height} px, below the {min_side} px "
+                               "minimum side; drop the example or pass a smaller min_side.")
     try:
       img.load()
     except _DECODE_ERRORS as e:

@@ -1,16 +1,16 @@
 """The Prompt4Trust loop: hints from the policy, answers from the frozen downstream,
 calibration rewards, GRPO updates, Orbax checkpoints that resume exactly.
 
-Every source of randomness is a function of (seed, step): the questions of a step,
-the policy's and the downstream's sampling keys. A checkpoint therefore needs only
-the policy parameters, the optimizer state and the step to continue bit for bit.
+Sampling keys are functions of (seed, step) and the questions come from a Grain
+iterator whose state is saved with each checkpoint, so a checkpoint (policy parameters,
+optimizer state, step, iterator state) continues bit for bit.
 """
 
-import functools
 import json
 import os
 import time
 
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,12 +19,12 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
-from prompt4trust_jax import (calibration, downstream, fixtures, grpo, models, prompts, rewards,
-                              sampling, sharding, update)
+from prompt4trust_jax import (calibration, data, downstream, fixtures, grpo, hints, models,
+                              rewards, sampling, sharding, update)
 from prompt4trust_jax.models import tokenizer as tokenizer_lib
 
 
-def _model_dir(section, workdir: str, seed: int, vision: bool) -> str:
+def model_dir(section, workdir: str, seed: int, vision: bool) -> str:
   """The configured checkpoint, or a random one of `random_shape` made once in the workdir."""
   if section.path:
     return section.path
@@ -38,25 +38,38 @@ def _model_dir(section, workdir: str, seed: int, vision: bool) -> str:
   return out
 
 
-def _examples(config):
-  if config.data.name != "synthetic":
-    raise ValueError(f"Unknown data set {config.data.name!r}; the data builders are not in yet, "
-                     "use 'synthetic'.")
-  return fixtures.synthetic_questions(config.data.num_examples, config.seed)
+def _data_iterator(config, workdir: str):
+  """A Grain iterator over the configured split: lists of `questions_per_step` examples."""
+  d = config.data
+  records = data.source(d.name, d.split, data_dir=d.data_dir or os.path.join(workdir, "tfds"),
+                        manual_dir=d.manual_dir or None, strict=d.get("strict", False))
+  # Every host reads the same questions: the rollout is computed whole on each host.
+  return iter(data.batches(records, d.questions_per_step, config.seed))
 
 
-@functools.lru_cache(maxsize=4)
-def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-  return np.random.default_rng([seed, epoch]).permutation(n)
+def _checkpoints(workdir: str, keep: int | None = None) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), "checkpoints"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
 
-def _step_examples(examples, step: int, per_step: int, seed: int):
-  """The questions of `step`: epochs walk permutations fixed by (seed, epoch)."""
-  picked = []
-  for position in range(step * per_step, (step + 1) * per_step):
-    epoch, offset = divmod(position, len(examples))
-    picked.append(examples[_epoch_order(seed, epoch, len(examples))[offset]])
-  return picked
+def load_policy(workdir: str, policy: nnx.Module, step: int | None = None) -> int:
+  """Puts the policy parameters a training run saved at `step` (default: latest) into `policy`.
+
+  `policy` is the model the run started from (same config, float32 parameters as training
+  keeps them); its arrays keep their shardings. Returns the step restored.
+  """
+  manager = _checkpoints(workdir)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints; train first or pass the "
+                            "training run's workdir.")
+  target = {"params": nnx.state(policy)}
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=True)))  # the params only, not the optimizer state
+  nnx.update(policy, restored["state"]["params"])
+  return step
 
 
 class Logger:
@@ -92,14 +105,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   if config.get("distributed") is not None:
     sharding.initialize_distributed(**config.distributed)
   mesh = sharding.make_mesh(**config.mesh)
-  policy_dir = _model_dir(config.policy, workdir, config.seed, vision=False)
+  policy_dir = model_dir(config.policy, workdir, config.seed, vision=False)
   policy = models.from_pretrained(policy_dir, dtype=config.policy.dtype, param_dtype="float32",
                                   mesh=mesh)
   tokenizer = models.load_tokenizer(policy_dir)
   eos = tokenizer_lib.stop_token_ids(tokenizer, policy_dir)
   d = config.downstream
   answerer = downstream.Downstream.from_pretrained(
-      _model_dir(d, workdir, config.seed, vision=True),
+      model_dir(d, workdir, config.seed, vision=True),
       downstream.ElicitationConfig(mode=d.mode, temperature=d.temperature, top_p=d.top_p,
                                    max_new_tokens=d.max_new_tokens),
       dtype=d.dtype, mesh=mesh)
@@ -117,18 +130,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       update.TrainState.create(policy, tx), mesh, config=loss_config,
       temperature=config.sampling.temperature, micro_batches=g.micro_batches)
 
-  manager = ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints, create=True))
+  manager = _checkpoints(workdir, config.train.keep_checkpoints)
+  batches = _data_iterator(config, workdir)
   start = 0
   if manager.latest_step() is not None:
     start = manager.latest_step()
     target = {"params": state.params, "opt_state": state.opt_state, "step": state.step}
-    restored = manager.restore(start, args=ocp.args.StandardRestore(target))
-    state = state.replace(**restored)
+    restored = manager.restore(start, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(batches)))
+    state = state.replace(**restored["state"])
     logging.info("Resumed from step %d in %s", start, workdir)
 
-  examples = _examples(config)
   base_key = jax.random.key(config.seed)
   logger = Logger(workdir, config.train.total_steps)
   failures, metrics = 0, {}
@@ -136,8 +148,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     for step in range(start, config.train.total_steps):
       key = jax.random.fold_in(base_key, step)
       batch, info = _rollout(config, state, answerer, tokenizer, eos, reward_spec, reference,
-                             _step_examples(examples, step, config.data.questions_per_step,
-                                            config.seed), key)
+                             next(batches), key)
       if not np.isfinite(info["reward/total/mean"]):
         failures += 1
         logging.warning("Step %d: non-finite reward; update skipped (%d in a row).", step, failures)
@@ -155,8 +166,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             f"{failures} updates in a row were not finite (last at step {step}); check the "
             "learning rate and the reward settings. No checkpoint was written from them.")
       if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == config.train.total_steps:
-        manager.save(step + 1, args=ocp.args.StandardSave(
-            {"params": state.params, "opt_state": state.opt_state, "step": state.step}))
+        manager.save(step + 1, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(
+                {"params": state.params, "opt_state": state.opt_state, "step": state.step}),
+            data=grain.checkpoint.CheckpointSave(batches)))
     manager.wait_until_finished()
   finally:
     logger.close()
@@ -166,25 +179,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 def _rollout(config, state, answerer, tokenizer, eos, reward_spec, reference, examples, key):
   """Hints for each question (G each), the downstream's answers, rewards -> an update batch."""
   s, G = config.sampling, config.sampling.num_generations
-  prompt_ids = [tokenizer_lib.chat_prompt_ids(tokenizer, prompts.policy_prompt(e["question"],
-                                                                              e["options"]))
-                for e in examples]
-  policy = nnx.merge(state.graphdef, state.params)
-  out = sampling.generate(policy, [p for p in prompt_ids for _ in range(G)],
-                          max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                          top_p=s.top_p, top_k=s.top_k, eos_token_ids=eos,
-                          pad_token_id=tokenizer.pad_token_id or 0, rng=jax.random.fold_in(key, 0))
-  hints = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in out.tokens]
+  prompt_ids, out, texts = hints.write(
+      nnx.merge(state.graphdef, state.params), tokenizer, eos, examples, num_per_question=G,
+      max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+      rng=jax.random.fold_in(key, 0))
   items = [downstream.Item(e["question"], tuple(e["options"]), e["image"]) for e in examples]
-  answers = answerer.answer(items, [hints[i * G:(i + 1) * G] for i in range(len(examples))],
-                            jax.random.fold_in(key, 1))
+  answers = answerer.answer(items, hints.group(texts, G), jax.random.fold_in(key, 1))
   answer_B = np.repeat([e["answer"] for e in examples], G).astype(np.int32)
   judged = rewards.Judged(letter_B=jnp.asarray(answers.letter_index),
                           confidence_B=jnp.asarray(answers.confidence),
                           valid_B=jnp.asarray(answers.valid), answer_B=jnp.asarray(answer_B))
   veto_B = None
   if reward_spec.veto:
-    veto_B = jnp.asarray(reward_spec.veto_mask(hints, ["ABCD"[a] for a in answer_B]))
+    veto_B = jnp.asarray(reward_spec.veto_mask(texts, ["ABCD"[a] for a in answer_B]))
   total_B, per_term = reward_spec(judged, veto_B)
   info = {f"reward/{k}": float(v) for k, v in rewards.summarize(per_term, total_B, veto_B).items()}
   info.update({f"downstream/{k}": float(v) for k, v in calibration.summary(

@@ -19,14 +19,21 @@ def _run(*args):
   return proc.stdout
 
 
-def test_train_demo_runs_and_reports(tmp_path):
-  out = _run("experiments.train", "--config=configs/demo.py", f"--workdir={tmp_path}",
+def test_train_then_evaluate_demo_run_and_report(tmp_path):
+  trained, evaluated = tmp_path / "train", tmp_path / "eval"
+  out = _run("experiments.train", "--config=configs/demo.py", f"--workdir={trained}",
              "--config.train.total_steps=2", "--config.sampling.max_new_tokens=8")
   final = out.strip().splitlines()[-1]
   assert final.startswith("final: ") and "reward/total/mean=" in final and "downstream/ece=" in final
-  assert os.path.isdir(tmp_path / "checkpoints" / "2")
-  assert os.path.exists(tmp_path / "metrics.jsonl")
-  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
+  assert os.path.isdir(trained / "checkpoints" / "2")
+  assert os.path.exists(trained / "metrics.jsonl")
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(trained / "tensorboard"))
+  out = _run("experiments.evaluate", "--config=configs/eval_demo.py", f"--workdir={evaluated}",
+             f"--config.policy.train_workdir={trained}", "--config.policy.max_new_tokens=8",
+             "--config.data.num_examples=4", "--config.eval.methods=('no_hint','prompt4trust')")
+  assert "| prompt4trust | 4 |" in out
+  for name in ("results.json", "results.md", "samples.csv", "reliability.png"):
+    assert os.path.getsize(evaluated / name) > 0
 
 
 def test_convert_both_ways(qwen2_dir, tmp_path):

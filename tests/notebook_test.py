@@ -22,6 +22,7 @@ def test_colab_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
         "shell magics belong in colab-only cells")
     exec(compile(source, "notebook", "exec"), namespace)
     ran += 1
-  assert ran == 4
+  assert ran == 5
+  assert set(namespace["results"]) == {"no_hint", "prompt4trust", "logit"}
   assert namespace["metrics"]["downstream/invalid_rate"] == 0
   assert [row["step"] for row in namespace["history"]] == [1, 2]

@@ -1,0 +1,34 @@
+"""Evaluation on the embedded default: the demo's policy and downstream on the fixture.
+
+  python -m experiments.train --config=configs/demo.py --workdir=/tmp/prompt4trust_demo
+  python -m experiments.evaluate --config=configs/eval_demo.py --workdir=/tmp/prompt4trust_eval
+
+Every method of `prompt4trust_jax.evaluate` on the fixture's 16 test_clean questions
+(`logit_scaled` fits its temperature on val_8), answered by the tiny random Qwen2-VL in
+structured mode; the Prompt4Trust hints come from the demo run's latest checkpoint. About
+a minute on a 2-core CPU. Real models: see `configs/eval_pmcvqa.py`.
+"""
+
+import ml_collections
+
+from configs import demo
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  del arg
+  train = demo.get_config()
+  c = ml_collections.ConfigDict()
+  c.seed = train.seed
+  c.mesh = train.mesh
+  # The policy the demo trained (its random base is rebuilt from the seed in that workdir).
+  c.policy = dict(path="", random_shape="tiny", dtype="float32",
+                  train_workdir="/tmp/prompt4trust_demo", step=0, max_new_tokens=24)
+  c.downstream = dict(train.downstream, parser="paper", top_k=0, letters="")
+  c.data = dict(train.data, split="test_clean", val_split="val_8", num_examples=0)
+  c.eval = dict(
+      methods=("no_hint", "fixed_hint", "prompt4trust", "csc", "csa", "entropy", "logit",
+               "logit_scaled"),
+      batch_size=8, consistency_samples=21, entropy_samples=40,
+      sample_temperature=0.5, sample_top_p=0.95, sample_top_k=100,  # CSC/CSA/entropy samples
+      num_bins=10, binning="paper", bootstrap_samples=1000)
+  return ml_collections.ConfigDict(c)

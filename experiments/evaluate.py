@@ -1,0 +1,20 @@
+"""Evaluates confidence methods on a split. The launch command is in each config's docstring."""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from prompt4trust_jax import evaluate
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/eval_demo.py",
+                                          "Evaluation config file.")
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/prompt4trust_eval",
+                               "Results; an interrupted evaluation resumes from it.")
+
+
+def main(argv):
+  del argv
+  evaluate.run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,74 @@
+"""Prepared splits read back with `tfds.data_source` and fed through Grain.
+
+An example, as the rest of the library takes it, is a dict with `id` (str), `question`
+(str), `options` (tuple of option lines as shown to the model), `answer` (int index) and
+`image` (a decoded RGB PIL image, or None for text-only data).
+
+`batches` is a Grain pipeline (shard per host -> shuffle, reshuffled every epoch ->
+repeat -> decode -> batch) whose iterator state (`get_state`/`set_state`, or
+`grain.checkpoint.CheckpointSave` inside an Orbax checkpoint) resumes it exactly.
+"""
+
+import os
+from collections.abc import Sequence
+
+import grain
+import tensorflow_datasets as tfds
+
+from prompt4trust_jax import images
+from prompt4trust_jax.data import medmcqa, pmc_vqa
+
+# The committed synthetic PMC-VQA copy (CSV + PNG scans) used by tests and the CPU demo.
+FIXTURE_DIR = os.path.join(os.path.dirname(__file__), "fixture", "pmc_vqa_tiny")
+BUILDERS = {pmc_vqa.PmcVqa.name: pmc_vqa.PmcVqa, medmcqa.Medmcqa.name: medmcqa.Medmcqa}
+
+
+def source(name: str, split: str, data_dir: str, manual_dir: str | None = None,
+           strict: bool = False) -> Sequence[dict]:
+  """The records of `name` (e.g. "pmc_vqa/paper") `split`, preparing the data set on first use.
+
+  `manual_dir` holds the downloaded files (see each builder); preparing checks every row
+  (skip report or `strict` failure) and writes array_record files under `data_dir`.
+  Images stay encoded in the records; `decode` decodes them.
+  """
+  builder_name = name.split("/")[0]
+  if builder_name not in BUILDERS:
+    raise ValueError(f"Unknown data set {name!r}; choose from {sorted(BUILDERS)} "
+                     "(with a config, e.g. 'pmc_vqa/paper').")
+  decoders = {"image": tfds.decode.SkipDecoding()} if builder_name == "pmc_vqa" else None
+  download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+  return tfds.data_source(
+      name, split=split, data_dir=data_dir, decoders=decoders,
+      builder_kwargs={"strict": strict, "file_format": "array_record"},
+      download_and_prepare_kwargs={"download_config": download_config})
+
+
+def decode(record: dict) -> dict:
+  """A stored record -> an example (text as str, the image decoded to RGB)."""
+  text = lambda v: v.decode("utf-8") if isinstance(v, bytes) else v
+  image = record.get("image")
+  return {"id": text(record["id"]), "question": text(record["question"]),
+          "options": tuple(text(o) for o in record["options"]), "answer": int(record["answer"]),
+          "image": None if image is None else images.load_image(image)}
+
+
+def batches(records: Sequence[dict], batch_size: int, seed: int, *, shuffle: bool = True,
+            num_epochs: int | None = None, shard_index: int = 0, shard_count: int = 1,
+            drop_remainder: bool = True, num_threads: int = 4) -> grain.IterDataset:
+  """Lists of `batch_size` decoded examples; `num_epochs=None` repeats forever.
+
+  Each host passes its `jax.process_index()` / `jax.process_count()` as the shard, so hosts
+  read disjoint records. Records that are already examples (e.g. an in-memory list) pass
+  through `decode` unchanged.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+  ds = grain.MapDataset.source(records)[shard_index::shard_count]
+  if len(ds) == 0:
+    raise ValueError(f"Shard {shard_index} of {shard_count} has no records (the split has "
+                     f"{len(records)}).")
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = ds.repeat(num_epochs).map(decode)
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=list)
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads))

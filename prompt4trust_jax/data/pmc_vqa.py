@@ -1,0 +1,161 @@
+"""PMC-VQA as a TFDS builder (array_record, no TensorFlow), from a local copy of the files.
+
+`manual_dir` holds what users download: `train.csv`, `test.csv`, `test_clean.csv` and the
+images as an `images/` folder or `images.zip`. CSV columns: Figure_path, Question, Answer,
+Choice A..D (with their "A:" prefixes), Answer_label.
+
+Configs:
+- `paper`: the paper's splits. `train_5k` is the first 5,000 usable rows of train.csv in
+  the order of a seed-42 permutation (`numpy.random.RandomState(42).permutation`, the
+  order `pandas.DataFrame.sample(frac=1, random_state=42)` gives); `val_1k` the next 1,000
+  usable rows of that order (disjoint from train_5k); `test_clean` every usable row of
+  test_clean.csv. Only rows that are visited are checked, so building it reads ~6k images.
+- `full`: every usable row of train.csv, test.csv and test_clean.csv.
+- `mini`: like `paper` with 32 / 8 rows (`train_32`, `val_8`): for the committed fixture.
+
+"Usable" means the row passes `validation` (all columns, a known label, an image that
+exists inside the image root, decodes and has sides >= 28 px, UTF-8 text). Unusable rows
+are listed by reason in `skipped.json` next to the prepared files, or raise with
+`strict=True`. Images are stored as the source encoded them and decoded on read.
+
+Example ids are stable: `<csv stem>-<0-based data row>`, e.g. `train-000123`.
+"""
+
+import csv
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+
+from prompt4trust_jax.data import validation
+
+COLUMNS = ("Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D",
+           "Answer_label")
+LETTERS = "ABCD"
+
+
+@dataclasses.dataclass
+class PmcVqaConfig(tfds.core.BuilderConfig):
+  """`train_size` / `val_size` rows sampled from train.csv; None: the full splits."""
+  train_size: int | None = None
+  val_size: int | None = None
+  seed: int = 42
+
+
+def _size_name(n: int) -> str:
+  return f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
+class PmcVqa(tfds.core.GeneratorBasedBuilder):
+  """PMC-VQA multiple-choice medical VQA (local files; see the module docstring)."""
+
+  name = "pmc_vqa"
+  VERSION = tfds.core.Version("1.0.0")
+  BUILDER_CONFIGS = [
+      PmcVqaConfig(name="paper", description="The paper's train_5k / val_1k / test_clean.",
+                   train_size=5000, val_size=1000),
+      PmcVqaConfig(name="full", description="All of train.csv, test.csv, test_clean.csv."),
+      PmcVqaConfig(name="mini", description="train_32 / val_8 / test_clean (fixtures).",
+                   train_size=32, val_size=8),
+  ]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "Put PMC-VQA's train.csv, test.csv, test_clean.csv and its images/ folder (or images.zip) "
+      "in manual_dir.")
+
+  def __init__(self, *, strict: bool = False, **kwargs):
+    self.strict = strict
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self, description=__doc__,
+        features=tfds.features.FeaturesDict({
+            "id": tfds.features.Text(),
+            "question": tfds.features.Text(),
+            "options": tfds.features.Sequence(tfds.features.Text(), length=4),
+            "answer": tfds.features.ClassLabel(names=list(LETTERS)),
+            "answer_text": tfds.features.Text(),
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "image_path": tfds.features.Text(),
+        }),
+        homepage="https://github.com/xiaoman-zhang/PMC-VQA")
+
+  def _split_generators(self, dl_manager):
+    manual = os.fspath(dl_manager.manual_dir)
+    store = validation.ImageStore(os.path.join(manual, "images"))
+    report = validation.SkipReport(self.strict)
+    try:
+      splits = self._checked_splits(manual, store, report)
+    finally:  # also when a strict or size error stops the build: the report says why
+      os.makedirs(self.data_path, exist_ok=True)
+      report.write(os.path.join(self.data_path, "skipped.json"))
+    if report.num_skipped:
+      logging.warning("pmc_vqa/%s: skipped %d of %d rows %s; ids in %s/skipped.json",
+                      self.builder_config.name, report.num_skipped, report.checked,
+                      report.as_dict()["counts"], self.data_path)
+    return {name: self._generate_examples(rows, store) for name, rows in splits.items()}
+
+  def _checked_splits(self, manual, store, report) -> dict[str, list[dict]]:
+    cfg = self.builder_config
+    if cfg.train_size is None:
+      return {name: _usable_rows(manual, name, store, report)
+              for name in ("train", "test", "test_clean")}
+    needed = cfg.train_size + cfg.val_size
+    rows = _usable_rows(manual, "train", store, report, order_seed=cfg.seed, limit=needed)
+    if len(rows) < needed:
+      raise ValueError(f"{manual}/train.csv has {len(rows)} usable rows; config {cfg.name!r} "
+                       f"needs {cfg.train_size} + {cfg.val_size} (skipped rows are listed in "
+                       "skipped.json). Use the `full` config for a small copy.")
+    return {f"train_{_size_name(cfg.train_size)}": rows[:cfg.train_size],
+            f"val_{_size_name(cfg.val_size)}": rows[cfg.train_size:],
+            "test_clean": _usable_rows(manual, "test_clean", store, report)}
+
+  def _generate_examples(self, rows, store):
+    # Rows hold paths, not bytes, so the full train split never sits in memory at once.
+    for example in rows:
+      yield example["id"], {**example, "image": store.read(example["image_path"])}
+
+
+def _usable_rows(manual: str, stem: str, store: validation.ImageStore,
+                 report: validation.SkipReport, order_seed: int | None = None,
+                 limit: int | None = None) -> list[dict]:
+  """Checked examples of `<stem>.csv` in file order (or a seeded permutation), up to `limit`."""
+  path = os.path.join(manual, f"{stem}.csv")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} is missing; manual_dir must hold PMC-VQA's {stem}.csv.")
+  # surrogateescape keeps undecodable bytes so the row, not the file, is rejected.
+  with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+    reader = csv.DictReader(f)
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
+    if missing:
+      raise ValueError(f"{path}: header lacks {missing}; expected PMC-VQA's columns {COLUMNS}.")
+    rows = list(reader)
+  order = range(len(rows)) if order_seed is None else np.random.RandomState(
+      order_seed).permutation(len(rows))
+  width = max(6, len(str(len(rows))))
+  examples = []
+  for index in order:
+    if limit is not None and len(examples) == limit:
+      break
+    row_id = f"{stem}-{index:0{width}d}"
+    report.checked += 1
+    try:
+      examples.append(_example(rows[index], row_id, store))
+    except validation.BadRowError as e:
+      report.skip(row_id, e, path)
+  return examples
+
+
+def _example(row: dict, row_id: str, store: validation.ImageStore) -> dict:
+  cells = {c: validation.text(row.get(c), c) for c in COLUMNS}
+  label = cells["Answer_label"].strip()
+  if label not in LETTERS:
+    raise validation.BadRowError(validation.UNKNOWN_LABEL,
+                                 f"Answer_label {label!r} is not one of {LETTERS}")
+  figure = cells["Figure_path"].strip()
+  return {"id": row_id, "question": cells["Question"],
+          "options": [cells[f"Choice {letter}"] for letter in LETTERS],
+          "answer": LETTERS.index(label), "answer_text": cells["Answer"],
+          "image_path": store.check(figure)}

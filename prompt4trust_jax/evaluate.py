@@ -1,0 +1,342 @@
+"""The evaluation harness: one split, one downstream, every confidence method side by side.
+
+Methods (`config.methods`, METHOD.md "Baselines" and "Related methods"):
+- `no_hint`, `fixed_hint`: the downstream's own answer and confidence (configured mode).
+- `prompt4trust`: the same with the policy's greedy hint (a trained checkpoint; the policy
+  may be paired with a different downstream than it was trained with).
+- `csc`, `csa`: sample consistency / average confidence over `consistency_samples`
+  downstream samples (answer = the first sample).
+- `entropy`: 1 - normalised entropy of the answers of `entropy_samples` samples.
+  CSC/CSA use the first samples of the entropy run when both are asked for: the same
+  sampling settings, so one set of samples serves both.
+- `logit`: the option-letter probability at the answer position; `logit_scaled`: the same
+  after one temperature fitted (NLL) on the validation split `data.val_split`.
+
+Work is split into *runs* (what the downstream is asked: hint source, samples, mode) and
+*methods* (how a confidence is read from a run). Each run's answers are appended to
+`runs/<run>.jsonl` one batch at a time, so an interrupted evaluation resumes where it
+stopped: finished batches are read back, never recomputed, and a batch's sampling key is
+a function of (seed, run, batch), so the results equal an uninterrupted run's.
+
+Outputs in the workdir: `results.json` (every metric over all / valid-only samples with
+bootstrap intervals), `samples.csv` (one row per item: question, options, gold, and per
+run its hint and answer text, per method its letter and confidence), `reliability.png`
+(one curve per method over confidence histograms) and `results.md` (the table printed at
+the end).
+"""
+
+import csv
+import dataclasses
+import json
+import os
+import zlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from prompt4trust_jax import (baselines, calibration, data, downstream, hints, models, plots,
+                              prompts, sharding, train)
+from prompt4trust_jax.models import tokenizer as tokenizer_lib
+
+METHODS = ("no_hint", "fixed_hint", "prompt4trust", "csc", "csa", "entropy", "logit",
+           "logit_scaled")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One pass of the downstream over a split: where hints come from and how it answers."""
+  name: str
+  hint: str  # "none", "fixed" or "policy"
+  samples: int = 1
+  sampling: bool = False  # the baselines' sampling settings instead of the evaluation's
+  mode: str | None = None  # None: the configured elicitation mode
+  split: str = "test"  # "test" or "val"
+
+
+def plan(methods, consistency_samples: int = 21, entropy_samples: int = 40) -> list[Run]:
+  """The runs `methods` need, each once, in a fixed order."""
+  unknown = sorted(set(methods) - set(METHODS))
+  if unknown:
+    raise ValueError(f"Unknown evaluation methods {unknown}; choose from {METHODS}.")
+  runs = [Run(m, hint) for m, hint in (("no_hint", "none"), ("fixed_hint", "fixed"),
+                                       ("prompt4trust", "policy")) if m in methods]
+  samples = max([consistency_samples for m in ("csc", "csa") if m in methods] +
+                [entropy_samples] * ("entropy" in methods) + [0])
+  if samples:
+    runs.append(Run("samples", "none", samples=samples, sampling=True))
+  if "logit" in methods or "logit_scaled" in methods:
+    runs.append(Run("logit", "none", mode="logit"))
+  if "logit_scaled" in methods:
+    runs.append(Run("logit_val", "none", mode="logit", split="val"))
+  return runs
+
+
+class RunStore:
+  """A run's answers, one JSON line per item, appended a batch at a time.
+
+  Only a `writer` store touches the file (process 0 of a multi-host run: every host
+  computes the same answers, one writes them).
+  """
+
+  def __init__(self, path: str, writer: bool = True):
+    self.path, self.writer, self.items = path, writer, {}
+    if not os.path.exists(path):
+      return
+    kept = 0
+    with open(path, "rb") as f:
+      for line in f:
+        try:
+          if not line.endswith(b"\n"):
+            raise ValueError("cut short")
+          item = json.loads(line)
+        except ValueError:
+          break  # a line cut short by a kill: it is dropped and its batch redone
+        self.items[item["id"]] = item
+        kept += len(line)
+    if writer:
+      os.truncate(path, kept)
+
+  def done(self, ids) -> bool:
+    return all(i in self.items for i in ids)
+
+  def append(self, items: list[dict]):
+    if self.writer:
+      with open(self.path, "a") as f:
+        f.write("".join(json.dumps(item) + "\n" for item in items))
+        f.flush()
+        os.fsync(f.fileno())
+    self.items.update((item["id"], item) for item in items)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
+  """Evaluates every configured method on the split; returns {method: metrics}."""
+  os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
+  _check_settings(config, workdir)
+  mesh = sharding.make_mesh(**config.mesh)
+  e = config.eval
+  splits = {"test": _examples(config, workdir, config.data.split)}
+  runs = plan(e.methods, e.consistency_samples, e.entropy_samples)
+  if any(r.split == "val" for r in runs):
+    splits["val"] = _examples(config, workdir, config.data.val_split)
+  d = config.downstream
+  answerer = downstream.Downstream.from_pretrained(
+      train.model_dir(d, workdir, config.seed, vision=True), dtype=d.dtype, mesh=mesh)
+  writer = _HintWriter(config, workdir, mesh) if any(r.hint == "policy" for r in runs) else None
+
+  stores = {}
+  for r in runs:
+    run_answerer = answerer.with_config(_elicitation(config, r))
+    stores[r.name] = store = RunStore(os.path.join(workdir, "runs", f"{r.name}.jsonl"),
+                                      writer=jax.process_index() == 0)
+    examples = splits[r.split]
+    batches = [examples[i:i + e.batch_size] for i in range(0, len(examples), e.batch_size)]
+    todo = [(b, batch) for b, batch in enumerate(batches) if not store.done(x["id"] for x in batch)]
+    if not todo:
+      continue
+    progress = _progress(f"{r.name} ({r.split})", len(batches), len(batches) - len(todo))
+    for b, batch in todo:
+      key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed),
+                                                  zlib.crc32(r.name.encode())), b)
+      store.append(_answer(r, run_answerer, writer, batch, key))
+      progress.update(1)
+    progress.close()
+
+  results, per_method = _score(config, runs, stores, splits)
+  if jax.process_index() == 0:
+    _write_outputs(config, workdir, splits["test"], runs, stores, results, per_method)
+  return results
+
+
+# Settings that change stored answers; the others (methods, metrics) may change on resume.
+_ANSWER_SETTINGS = ("seed", "policy", "downstream", "data", "eval.batch_size",
+                    "eval.consistency_samples", "eval.entropy_samples", "eval.sample_temperature",
+                    "eval.sample_top_p", "eval.sample_top_k")
+
+
+def _check_settings(config, workdir: str):
+  """Refuses to resume a workdir whose stored answers came from other settings."""
+  settings = {}
+  for name in _ANSWER_SETTINGS:
+    value = config
+    for part in name.split("."):
+      value = value[part]
+    settings[name] = value.to_dict() if hasattr(value, "to_dict") else value
+  settings = json.loads(json.dumps(settings, default=str))
+  path = os.path.join(workdir, "runs", "settings.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      stored = json.load(f)
+    changed = sorted(k for k in settings if stored.get(k) != settings[k])
+    if changed:
+      raise ValueError(f"{workdir} holds answers made with other {changed}; evaluate into a new "
+                       "workdir (or delete its runs/ folder to start over).")
+  elif jax.process_index() == 0:
+    with open(path, "w") as f:
+      json.dump(settings, f, indent=1)
+
+
+def _examples(config, workdir, split: str) -> list[dict]:
+  d = config.data
+  records = data.source(d.name, split, data_dir=d.data_dir or os.path.join(workdir, "tfds"),
+                        manual_dir=d.manual_dir or None, strict=d.get("strict", False))
+  n = len(records) if not d.num_examples else min(d.num_examples, len(records))
+  # Sorted by id: the evaluated items and their batches do not depend on storage order.
+  chosen = sorted(range(len(records)), key=lambda i: records[i]["id"])[:n]
+  return [data.decode(records[i]) for i in chosen]
+
+
+def _elicitation(config, r: Run) -> downstream.ElicitationConfig:
+  d, b = config.downstream, config.eval
+  kwargs = dict(mode=r.mode or d.mode, parser=d.parser, max_new_tokens=d.max_new_tokens,
+                temperature=d.temperature, top_p=d.top_p, top_k=d.get("top_k", 0))
+  if r.sampling:
+    kwargs.update(temperature=b.sample_temperature, top_p=b.sample_top_p, top_k=b.sample_top_k)
+  if r.mode == "logit":
+    kwargs.update(temperature=0.0)  # the letter with the highest probability
+  if d.get("letters"):
+    kwargs.update(letters=d.letters)
+  return downstream.ElicitationConfig(**kwargs)
+
+
+class _HintWriter:
+  """The (trained) policy writing one greedy hint per question."""
+
+  def __init__(self, config, workdir, mesh):
+    p = config.policy
+    base = train.model_dir(p, p.train_workdir or workdir, config.seed, vision=False)
+    # float32 parameters, as training keeps them (the trained ones are restored onto them).
+    self.model = models.from_pretrained(base, dtype=p.dtype, param_dtype="float32", mesh=mesh)
+    if p.train_workdir:
+      step = train.load_policy(p.train_workdir, self.model, p.get("step") or None)
+      logging.info("Prompt4Trust policy: step %d of %s", step, p.train_workdir)
+    else:
+      logging.warning("policy.train_workdir is empty: hints come from %s as it is.", base)
+    self.tokenizer = models.load_tokenizer(base)
+    self.eos = tokenizer_lib.stop_token_ids(self.tokenizer, base)
+    self.max_new_tokens = p.max_new_tokens
+
+  def __call__(self, examples) -> list[str]:
+    return hints.write(self.model, self.tokenizer, self.eos, examples,
+                       max_new_tokens=self.max_new_tokens, temperature=0.0)[2]
+
+
+def _answer(r: Run, answerer, writer, batch, key) -> list[dict]:
+  items = [downstream.Item(x["question"], x["options"], x["image"]) for x in batch]
+  if r.hint == "policy":
+    written = writer(batch)
+  else:
+    written = [prompts.FIXED_HINT if r.hint == "fixed" else None] * len(batch)
+  out = answerer.answer(items, [[h] * r.samples for h in written], key)
+  S = r.samples
+  records = []
+  for i, (x, hint) in enumerate(zip(batch, written)):
+    rows = slice(i * S, (i + 1) * S)
+    record = {"id": x["id"], "hint": hint, "texts": out.texts[rows],
+              "letters": out.letter_index[rows].tolist(),
+              "confidences": out.confidence[rows].tolist(), "valid": out.valid[rows].tolist()}
+    if out.option_probs is not None and r.mode == "logit":
+      record["option_probs"] = out.option_probs[rows].tolist()
+    records.append(record)
+  return records
+
+
+def _arrays(store: RunStore, examples, key: str, samples: int | None = None) -> np.ndarray:
+  values = [store.items[x["id"]][key] for x in examples]
+  return np.asarray([v[:samples] for v in values] if samples else values)
+
+
+def _score(config, runs, stores, splits):
+  """Per method: letter, confidence and validity per test item, then every metric."""
+  e, test = config.eval, splits["test"]
+  gold_B = np.asarray([x["answer"] for x in test])
+  per_method = {}
+  for m in e.methods:
+    if m in ("no_hint", "fixed_hint", "prompt4trust"):
+      s = stores[m]
+      per_method[m] = tuple(_arrays(s, test, k)[:, 0] for k in ("letters", "confidences", "valid"))
+    elif m in ("csc", "csa"):
+      s, n = stores["samples"], e.consistency_samples
+      letter, csc, csa, valid = baselines.sample_consistency(
+          *(jnp.asarray(_arrays(s, test, k, n)) for k in ("letters", "confidences", "valid")))
+      per_method[m] = (letter, csc if m == "csc" else csa, valid)
+    elif m == "entropy":
+      s, n = stores["samples"], e.entropy_samples
+      per_method[m] = baselines.entropy_confidence(
+          jnp.asarray(_arrays(s, test, "letters", n)), jnp.asarray(_arrays(s, test, "valid", n)),
+          len(test[0]["options"]))
+    else:
+      probs_BxC = _arrays(stores["logit"], test, "option_probs")[:, 0]
+      if m == "logit_scaled":
+        val = splits["val"]
+        val_logits = np.log(np.maximum(_arrays(stores["logit_val"], val, "option_probs")[:, 0],
+                                       1e-12))
+        temperature = float(calibration.fit_temperature(
+            jnp.asarray(val_logits), jnp.asarray([x["answer"] for x in val])))
+        logging.info("logit_scaled: temperature %.4f fitted on %s", temperature,
+                     config.data.val_split)
+        probs_BxC = np.asarray(calibration.apply_temperature(
+            jnp.asarray(np.log(np.maximum(probs_BxC, 1e-12))), temperature))
+      per_method[m] = (probs_BxC.argmax(-1), probs_BxC.max(-1), np.ones(len(test), bool))
+  results = {}
+  for m, (letter, confidence, valid) in per_method.items():
+    letter, confidence, valid = (np.asarray(x) for x in (letter, confidence, valid))
+    per_method[m] = (letter, confidence, valid)
+    results[m] = calibration.population_metrics(
+        confidence, valid & (letter == gold_B), valid, num_bins=e.num_bins, binning=e.binning,
+        bootstrap_samples=e.bootstrap_samples, seed=config.seed)
+  return results, per_method
+
+
+def _write_outputs(config, workdir, test, runs, stores, results, per_method):
+  gold_B = np.asarray([x["answer"] for x in test])
+  letters = config.downstream.get("letters") or "ABCD"
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump({"data": f"{config.data.name}:{config.data.split}", "num_items": len(test),
+               "downstream": config.downstream.path or f"random {config.downstream.random_shape}",
+               "mode": config.downstream.mode, "methods": results}, f, indent=1)
+  with open(os.path.join(workdir, "samples.csv"), "w", newline="") as f:
+    columns = ["id", "question", "options", "gold"]
+    columns += [f"{r.name}/{k}" for r in runs if r.split == "test" for k in ("hint", "text")]
+    columns += [f"{m}/{k}" for m in per_method for k in ("letter", "confidence")]
+    out = csv.writer(f)
+    out.writerow(columns)
+    for i, x in enumerate(test):
+      row = [x["id"], x["question"], "\n".join(x["options"]), letters[x["answer"]]]
+      for r in runs:
+        if r.split == "test":
+          item = stores[r.name].items[x["id"]]
+          row += [item["hint"] or "", item["texts"][0]]
+      for letter, confidence, valid in per_method.values():
+        row += [letters[letter[i]] if valid[i] else "", f"{confidence[i]:.4f}"]
+      out.writerow(row)
+  plots.reliability_diagram(
+      {m: (np.where(v, c, 1e-12), v & (letter == gold_B)) for m, (letter, c, v) in
+       per_method.items()}, os.path.join(workdir, "reliability.png"),
+      config.eval.num_bins, config.eval.binning)
+  table = markdown_table(results)
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(table + "\n")
+  print(table)
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+  """Method | n | accuracy | ECE [95% CI] | Brier | AUROC | invalid, over all samples."""
+  def ci(m, name):
+    lo, hi = m[f"all/{name}_ci"]
+    return f"{m[f'all/{name}']:.3f} [{lo:.3f}, {hi:.3f}]"
+  lines = ["| method | n | accuracy | ECE | Brier | AUROC | over-confident errors | invalid |",
+           "|---|---|---|---|---|---|---|---|"]
+  for name, m in results.items():
+    lines.append(f"| {name} | {m['all/count']} | {ci(m, 'accuracy')} | {ci(m, 'ece')} | "
+                 f"{ci(m, 'brier')} | {m['all/auroc']:.3f} | {m['all/overconfident_errors']:.3f}"
+                 f" | {m['invalid_rate']:.3f} |")
+  return "\n".join(lines)
+
+
+def _progress(name: str, total: int, done: int):
+  import tqdm  # a progress bar with rate and ETA on stderr
+  return tqdm.tqdm(total=total, initial=done, desc=name, unit="batch", dynamic_ncols=True)
+

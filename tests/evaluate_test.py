@@ -1,0 +1,136 @@
+"""The evaluation harness end to end on tiny models: outputs, resume without recompute, transfer."""
+
+import csv
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import demo, eval_demo
+from prompt4trust_jax import evaluate, fixtures, models, train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A demo training run of 2 steps (a checkpoint to evaluate)."""
+  workdir = str(tmp_path_factory.mktemp("trained"))
+  config = demo.get_config()
+  config.sampling.max_new_tokens = 8
+  config.train.update(total_steps=2, checkpoint_every=2)
+  train.run(config, workdir)
+  return workdir
+
+
+def _config(trained_dir, **eval_overrides):
+  config = eval_demo.get_config()
+  config.policy.update(train_workdir=trained_dir, max_new_tokens=8)
+  config.data.num_examples = 6
+  config.eval.update(batch_size=4, consistency_samples=5, entropy_samples=8,
+                     bootstrap_samples=50, **eval_overrides)
+  return config
+
+
+def test_every_method_is_scored_and_written(trained, tmp_path, capsys):
+  workdir = str(tmp_path / "eval")
+  config = _config(trained)
+  results = evaluate.run(config, workdir)
+  assert list(results) == list(evaluate.METHODS)
+  with open(os.path.join(workdir, "results.json")) as f:
+    saved = json.load(f)
+  assert saved["num_items"] == 6 and set(saved["methods"]) == set(evaluate.METHODS)
+  for metrics in saved["methods"].values():
+    assert metrics["all/count"] == 6
+    for population in ("all", "valid"):
+      for name in ("accuracy", "ece", "brier", "auroc", "aurc"):
+        assert f"{population}/{name}" in metrics and len(metrics[f"{population}/{name}_ci"]) == 2
+  with open(os.path.join(workdir, "samples.csv"), newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 6
+  for m in evaluate.METHODS:  # the CSV's letters give back results.json's accuracy
+    accuracy = np.mean([r[f"{m}/letter"] == r["gold"] for r in rows])
+    assert accuracy == pytest.approx(saved["methods"][m]["all/accuracy"])
+  assert all(r["fixed_hint/hint"] == "Think step-by-step, do not be over-confident." for r in rows)
+  # logit_scaled only rescales: same letters as logit, confidences moved by one temperature.
+  assert [r["logit/letter"] for r in rows] == [r["logit_scaled/letter"] for r in rows]
+  with open(os.path.join(workdir, "reliability.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert os.path.getsize(os.path.join(workdir, "reliability.png")) > 10_000
+  assert "| prompt4trust | 6 |" in capsys.readouterr().out
+
+
+def test_interrupted_evaluation_resumes_without_recomputing(trained, tmp_path, monkeypatch):
+  workdir = str(tmp_path / "eval")
+  config = _config(trained, methods=("no_hint", "csc", "entropy"))
+  evaluate.run(config, workdir)
+  with open(os.path.join(workdir, "results.json")) as f:
+    uninterrupted = json.load(f)
+  # A kill during the second batch of the samples run: its line for item 5 is cut short.
+  samples = os.path.join(workdir, "runs", "samples.jsonl")
+  with open(samples) as f:
+    lines = f.readlines()
+  with open(samples, "w") as f:
+    f.writelines(lines[:5])
+    f.write(lines[5][:40])
+  calls = []
+  answer = evaluate._answer
+  monkeypatch.setattr(evaluate, "_answer", lambda r, *a: calls.append(r.name) or answer(r, *a))
+  evaluate.run(config, workdir)
+  assert calls == ["samples"]  # only the broken batch of the broken run
+  # Item 4 of that batch is answered again, identically (the batch's key is fixed).
+  assert evaluate.RunStore(samples).items == {json.loads(x)["id"]: json.loads(x) for x in lines}
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert json.load(f) == uninterrupted
+  # Answers made with other settings are never mixed into a resumed evaluation.
+  config.eval.entropy_samples = 6
+  with pytest.raises(ValueError, match="other \\['eval.entropy_samples'\\]"):
+    evaluate.run(config, workdir)
+
+
+def test_zero_shot_transfer_to_another_downstream(trained, tmp_path):
+  """The trained policy's hints drive a Qwen2.5-VL it never saw in training."""
+  other = fixtures.write_random_qwen2_vl(str(tmp_path / "qwen2_5_vl"),
+                                         fixtures.vl_shape_config("tiny", qwen2_5=True), seed=7)
+  config = _config(trained, methods=("no_hint", "prompt4trust"))
+  config.downstream.path = other
+  results = evaluate.run(config, str(tmp_path / "eval"))
+  assert set(results) == {"no_hint", "prompt4trust"}
+  with open(os.path.join(tmp_path, "eval", "results.json")) as f:
+    assert json.load(f)["downstream"] == other
+
+
+def test_load_policy_restores_the_trained_parameters(trained):
+  base = models.from_pretrained(os.path.join(trained, "random_models", "qwen2_tiny"),
+                                param_dtype="float32")
+  before = jax.tree.map(np.asarray, nnx.state(base))
+  assert train.load_policy(trained, base) == 2
+  after = jax.tree.map(np.asarray, nnx.state(base))
+  changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before),
+                                                      jax.tree.leaves(after))]
+  assert any(changed)  # two GRPO steps moved the weights
+  with pytest.raises(FileNotFoundError, match="No checkpoint"):
+    train.load_policy(os.path.dirname(trained), base)
+
+
+def test_plan_runs_each_pass_once_and_names_unknown_methods():
+  runs = evaluate.plan(("csc", "csa", "entropy", "logit_scaled"), 21, 40)
+  assert [(r.name, r.samples, r.split) for r in runs] == [
+      ("samples", 40, "test"), ("logit", 1, "test"), ("logit_val", 1, "val")]
+  assert [r.samples for r in evaluate.plan(("csa",), 21, 40)] == [21]
+  with pytest.raises(ValueError, match="Unknown evaluation methods \\['verbal'\\]"):
+    evaluate.plan(("verbal", "no_hint"))
+
+
+def test_run_store_drops_a_torn_last_line(tmp_path):
+  path = str(tmp_path / "run.jsonl")
+  store = evaluate.RunStore(path)
+  store.append([{"id": "a", "x": 1}, {"id": "b", "x": 2}])
+  with open(path, "a") as f:
+    f.write('{"id": "c", "x"')
+  reopened = evaluate.RunStore(path)
+  assert set(reopened.items) == {"a", "b"} and reopened.done(["a", "b"])
+  assert not reopened.done(["a", "c"])
+  with open(path) as f:
+    assert f.read().count("\n") == 2 and not f.read()
