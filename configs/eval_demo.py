@@ -4,14 +4,15 @@
   python -m experiments.evaluate --config=configs/eval_demo.py --workdir=/tmp/prompt4trust_eval
 
 Every method of `prompt4trust_jax.evaluate` on the fixture's 16 test_clean questions
-(`logit_scaled` fits its temperature on val_8), answered by the tiny random Qwen2-VL in
-structured mode; the Prompt4Trust hints come from the demo run's latest checkpoint. About
-a minute on a 2-core CPU. Real models: see `configs/eval_pmcvqa.py`.
+(`logit_scaled` fits its temperature, `calibprompt` its soft prompt and `prompt_search` its
+instruction on val_8), plus three methods under two input corruptions, answered by the
+tiny random Qwen2-VL in structured mode; the Prompt4Trust hints come from the demo run's
+latest checkpoint. About a minute on a 2-core CPU. Real models: `configs/eval_pmcvqa.py`.
 """
 
 import ml_collections
 
-from configs import demo
+from configs import demo, soft_prompt_demo
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -27,8 +28,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data = dict(train.data, split="test_clean", val_split="val_8", num_examples=0)
   c.eval = dict(
       methods=("no_hint", "fixed_hint", "prompt4trust", "csc", "csa", "entropy", "logit",
-               "logit_scaled"),
+               "logit_scaled", "calibprompt", "abstain", "prompt_search"),
+      # Robustness: these methods again under each "corruption:severity" (noise.CORRUPTIONS).
+      corruptions=("gaussian_noise:3", "typo:3"), noise_methods=("no_hint", "prompt4trust",
+                                                                   "rewrite"),
       batch_size=8, consistency_samples=21, entropy_samples=40,
       sample_temperature=0.5, sample_top_p=0.95, sample_top_k=100,  # CSC/CSA/entropy samples
       num_bins=10, binning="paper", bootstrap_samples=1000)
+  # CalibPrompt: soft prompt tokens learnt on the validation split's labelled examples.
+  c.soft_prompt = soft_prompt_demo.get_config()
+  # Instruction search: the policy rewrites the downstream instruction; scored on val_8.
+  c.prompt_search = dict(rounds=2, per_round=2, top_k=2, bucket=0.05, num_examples=0,
+                         max_new_tokens=24, temperature=0.8, instruction_file="")
   return ml_collections.ConfigDict(c)

@@ -12,6 +12,7 @@ temperature of `logit_scaled` is fitted on val_1k.
 """
 
 from configs import eval_demo
+from prompt4trust_jax import noise
 
 
 def get_config(arg: str | None = None):
@@ -21,4 +22,8 @@ def get_config(arg: str | None = None):
   c.downstream.update(path="", dtype="bfloat16", mode="verbalized", max_new_tokens=256)
   c.data.update(name="pmc_vqa/paper", split="test_clean", val_split="val_1k", manual_dir="")
   c.eval.batch_size = 32
+  # Every corruption at severities 1, 3 and 5 (IMC-style benchmark).
+  c.eval.corruptions = tuple(f"{name}:{level}" for name in noise.CORRUPTIONS for level in (1, 3, 5))
+  c.soft_prompt.update(num_tokens=16, train_split="val_1k", num_train_examples=64)
+  c.prompt_search.update(rounds=5, per_round=4, top_k=3, num_examples=200, max_new_tokens=256)
   return c

@@ -51,7 +51,7 @@ def _hf_answers_per_s(path, ds, items, hints, mode):
   for item, row in zip(items, hints):
     pv, grid = images.preprocess([item.image], ds.image_processor)
     for hint in row:
-      prefix, suffix = ds._token_ids(item, hint, grid)
+      prefix, suffix = ds.prompt_ids(item, hint, grid)
       rows.append(prefix + suffix)
       pixels.append(pv)
       grids.append(grid)

@@ -119,12 +119,12 @@ class Downstream:
       raise ValueError(f"hints must hold the same number (>= 1) of hints for each of the "
                        f"{len(items)} items, got {[len(h) for h in hints]}.")
     G = len(hints[0])
-    per_item = self._images(items)
+    per_item = self.preprocess_images(items)
     if rng is None:
       if cfg.temperature > 0:
         raise ValueError("Sampling the downstream at temperature > 0 needs rng.")
       rng = jax.random.key(0)
-    split = [[self._token_ids(item, hint, None if im is None else im[1]) for hint in row]
+    split = [[self.prompt_ids(item, hint, None if im is None else im[1]) for hint in row]
              for item, row, im in zip(items, hints, per_item)]
     if cfg.share_prefix and all(len({tuple(p) for p, _ in row}) == 1 for row in split):
       prefixes = [row[0][0] for row in split]
@@ -140,7 +140,7 @@ class Downstream:
 
   # -- host-side preparation ---------------------------------------------------------
 
-  def _images(self, items) -> list[tuple[np.ndarray, np.ndarray] | None]:
+  def preprocess_images(self, items) -> list[tuple[np.ndarray, np.ndarray] | None]:
     """Per item: `(pixel_values, image_grid_thw)` of its image, or None."""
     loaded = [None if it.image is None else images.load_image(it.image) for it in items]
     if all(im is None for im in loaded):
@@ -151,7 +151,7 @@ class Downstream:
       raise ValueError("Either every item or no item must carry an image.")
     return [images.preprocess([im], self.image_processor) for im in loaded]
 
-  def _token_ids(self, item: Item, hint: str | None, grid) -> tuple[list[int], list[int]]:
+  def prompt_ids(self, item: Item, hint: str | None, grid) -> tuple[list[int], list[int]]:
     """(prefix, suffix) ids of the chat prompt, split where the hint begins."""
     prefix, suffix = prompts.downstream_prompt_split(item.question, item.options, hint,
                                                      self.config.instruction)

@@ -1,6 +1,6 @@
 """The evaluation harness: one split, one downstream, every confidence method side by side.
 
-Methods (`config.methods`, METHOD.md "Baselines" and "Related methods"):
+Methods (`config.eval.methods`, METHOD.md "Baselines" and "Related methods"):
 - `no_hint`, `fixed_hint`: the downstream's own answer and confidence (configured mode).
 - `prompt4trust`: the same with the policy's greedy hint (a trained checkpoint; the policy
   may be paired with a different downstream than it was trained with).
@@ -11,12 +11,22 @@ Methods (`config.methods`, METHOD.md "Baselines" and "Related methods"):
   sampling settings, so one set of samples serves both.
 - `logit`: the option-letter probability at the answer position; `logit_scaled`: the same
   after one temperature fitted (NLL) on the validation split `data.val_split`.
+- `calibprompt`: `logit` with soft prompt embeddings learnt on labelled examples
+  (`soft_prompt.py`, settings in `config.soft_prompt`).
+- `abstain`: the no-hint answer with an "I don't know" option added (`abstention.py`).
+- `prompt_search`: the no-hint answer under the instruction an iterative LLM search found
+  on the validation split (`prompt_search.py`, `config.prompt_search`).
+- Under input noise (`config.eval.corruptions`, "name:severity" from `noise.CORRUPTIONS`),
+  each of `config.eval.noise_methods` is run again on corrupted inputs and reported as
+  `<method>@<name>:<severity>`; `rewrite` there is the training-free mitigation: the
+  policy rewrites the noisy question before the downstream sees it. Prompt4Trust's hint is
+  written from the noisy question, as a deployed policy would see it.
 
-Work is split into *runs* (what the downstream is asked: hint source, samples, mode) and
-*methods* (how a confidence is read from a run). Each run's answers are appended to
-`runs/<run>.jsonl` one batch at a time, so an interrupted evaluation resumes where it
-stopped: finished batches are read back, never recomputed, and a batch's sampling key is
-a function of (seed, run, batch), so the results equal an uninterrupted run's.
+Work is split into *runs* (what the downstream is asked: hint source, samples, mode,
+inputs) and *methods* (how a confidence is read from a run). Each run's answers are
+appended to `runs/<run>.jsonl` one batch at a time, so an interrupted evaluation resumes
+where it stopped: finished batches are read back, never recomputed, and a batch's sampling
+key is a function of (seed, run, batch), so the results equal an uninterrupted run's.
 
 Outputs in the workdir: `results.json` (every metric over all / valid-only samples with
 bootstrap intervals), `samples.csv` (one row per item: question, options, gold, and per
@@ -37,41 +47,71 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from prompt4trust_jax import (baselines, calibration, data, downstream, hints, models, plots,
-                              prompts, sharding, train)
+from prompt4trust_jax import (abstention, baselines, calibration, data, downstream, hints, models,
+                              noise, parsing, plots, prompt_search, prompts, sharding, soft_prompt,
+                              train)
 from prompt4trust_jax.models import tokenizer as tokenizer_lib
 
 METHODS = ("no_hint", "fixed_hint", "prompt4trust", "csc", "csa", "entropy", "logit",
-           "logit_scaled")
+           "logit_scaled", "calibprompt", "abstain", "prompt_search")
+NOISE_METHODS = ("no_hint", "prompt4trust", "rewrite")
+_SINGLE = ("no_hint", "fixed_hint", "prompt4trust", "calibprompt", "abstain", "prompt_search")
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """One pass of the downstream over a split: where hints come from and how it answers."""
+  """One pass of the downstream over a split: its inputs, hints and how it answers."""
   name: str
-  hint: str  # "none", "fixed" or "policy"
+  hint: str = "none"  # "none", "fixed" or "policy"
   samples: int = 1
   sampling: bool = False  # the baselines' sampling settings instead of the evaluation's
   mode: str | None = None  # None: the configured elicitation mode
   split: str = "test"  # "test" or "val"
+  abstain: bool = False  # add the "I don't know" option
+  searched: bool = False  # the instruction prompt search found
+  soft_prompt: bool = False  # option probabilities under the learnt soft prompt
+  corruption: str | None = None  # "name:severity"
+  rewrite: bool = False  # the policy rewrites the question first
 
 
-def plan(methods, consistency_samples: int = 21, entropy_samples: int = 40) -> list[Run]:
-  """The runs `methods` need, each once, in a fixed order."""
-  unknown = sorted(set(methods) - set(METHODS))
+def plan(methods, consistency_samples: int = 21, entropy_samples: int = 40,
+         corruptions=(), noise_methods=()) -> list[Run]:
+  """The runs `methods` (and the noise grid) need, each once, in a fixed order."""
+  unknown = sorted(set(methods) - set(METHODS)) + sorted(set(noise_methods) - set(NOISE_METHODS))
   if unknown:
-    raise ValueError(f"Unknown evaluation methods {unknown}; choose from {METHODS}.")
-  runs = [Run(m, hint) for m, hint in (("no_hint", "none"), ("fixed_hint", "fixed"),
-                                       ("prompt4trust", "policy")) if m in methods]
+    raise ValueError(f"Unknown evaluation methods {unknown}; choose from {METHODS} (and "
+                     f"{NOISE_METHODS} under noise).")
+  for corruption in corruptions:
+    noise.parse(corruption)
+  hint_of = {"no_hint": "none", "fixed_hint": "fixed", "prompt4trust": "policy"}
+  runs = [Run(m, hint_of[m]) for m in hint_of if m in methods or (m == "no_hint" and
+                                                                    "abstain" in methods)]
   samples = max([consistency_samples for m in ("csc", "csa") if m in methods] +
                 [entropy_samples] * ("entropy" in methods) + [0])
   if samples:
-    runs.append(Run("samples", "none", samples=samples, sampling=True))
+    runs.append(Run("samples", samples=samples, sampling=True))
   if "logit" in methods or "logit_scaled" in methods:
-    runs.append(Run("logit", "none", mode="logit"))
+    runs.append(Run("logit", mode="logit"))
   if "logit_scaled" in methods:
-    runs.append(Run("logit_val", "none", mode="logit", split="val"))
+    runs.append(Run("logit_val", mode="logit", split="val"))
+  if "calibprompt" in methods:
+    runs.append(Run("calibprompt", mode="logit", soft_prompt=True))
+  if "abstain" in methods:
+    runs.append(Run("abstain", abstain=True))
+  if "prompt_search" in methods:
+    runs.append(Run("prompt_search", searched=True))
+  for corruption in corruptions:
+    for m in noise_methods:
+      runs.append(Run(f"{m}@{corruption}", hint="policy" if m == "prompt4trust" else "none",
+                      corruption=corruption, rewrite=m == "rewrite"))
   return runs
+
+
+def method_names(config) -> list[str]:
+  """Every reported row: the methods, then each noise method under each corruption."""
+  e = config.eval
+  return list(e.methods) + [f"{m}@{c}" for c in e.get("corruptions", ())
+                            for m in e.get("noise_methods", ())]
 
 
 class RunStore:
@@ -117,18 +157,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
   _check_settings(config, workdir)
   mesh = sharding.make_mesh(**config.mesh)
   e = config.eval
-  splits = {"test": _examples(config, workdir, config.data.split)}
-  runs = plan(e.methods, e.consistency_samples, e.entropy_samples)
-  if any(r.split == "val" for r in runs):
+  runs = plan(e.methods, e.consistency_samples, e.entropy_samples, e.get("corruptions", ()),
+              e.get("noise_methods", ()))
+  splits = {"test": _examples(config, workdir, config.data.split, config.data.num_examples)}
+  if any(r.split == "val" or r.searched for r in runs):
     splits["val"] = _examples(config, workdir, config.data.val_split)
   d = config.downstream
   answerer = downstream.Downstream.from_pretrained(
       train.model_dir(d, workdir, config.seed, vision=True), dtype=d.dtype, mesh=mesh)
-  writer = _HintWriter(config, workdir, mesh) if any(r.hint == "policy" for r in runs) else None
+  needs_policy = any(r.hint == "policy" or r.rewrite for r in runs) or "prompt_search" in e.methods
+  ctx = _Context(config, workdir, mesh, answerer,
+                 _Policy(config, workdir, mesh) if needs_policy else None, splits)
 
   stores = {}
   for r in runs:
-    run_answerer = answerer.with_config(_elicitation(config, r))
     stores[r.name] = store = RunStore(os.path.join(workdir, "runs", f"{r.name}.jsonl"),
                                       writer=jax.process_index() == 0)
     examples = splits[r.split]
@@ -136,15 +178,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
     todo = [(b, batch) for b, batch in enumerate(batches) if not store.done(x["id"] for x in batch)]
     if not todo:
       continue
+    run_answerer = ctx.answerer_for(r)
     progress = _progress(f"{r.name} ({r.split})", len(batches), len(batches) - len(todo))
     for b, batch in todo:
       key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed),
                                                   zlib.crc32(r.name.encode())), b)
-      store.append(_answer(r, run_answerer, writer, batch, key))
+      store.append(_answer(r, run_answerer, ctx, batch, key))
       progress.update(1)
     progress.close()
 
-  results, per_method = _score(config, runs, stores, splits)
+  results, per_method = _score(config, stores, splits)
   if jax.process_index() == 0:
     _write_outputs(config, workdir, splits["test"], runs, stores, results, per_method)
   return results
@@ -153,7 +196,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
 # Settings that change stored answers; the others (methods, metrics) may change on resume.
 _ANSWER_SETTINGS = ("seed", "policy", "downstream", "data", "eval.batch_size",
                     "eval.consistency_samples", "eval.entropy_samples", "eval.sample_temperature",
-                    "eval.sample_top_p", "eval.sample_top_k")
+                    "eval.sample_top_p", "eval.sample_top_k", "soft_prompt", "prompt_search")
 
 
 def _check_settings(config, workdir: str):
@@ -162,7 +205,7 @@ def _check_settings(config, workdir: str):
   for name in _ANSWER_SETTINGS:
     value = config
     for part in name.split("."):
-      value = value[part]
+      value = value.get(part)
     settings[name] = value.to_dict() if hasattr(value, "to_dict") else value
   settings = json.loads(json.dumps(settings, default=str))
   path = os.path.join(workdir, "runs", "settings.json")
@@ -178,69 +221,174 @@ def _check_settings(config, workdir: str):
       json.dump(settings, f, indent=1)
 
 
-def _examples(config, workdir, split: str) -> list[dict]:
+def _examples(config, workdir, split: str, num_examples: int = 0) -> list[dict]:
+  """The first `num_examples` (0: all) examples of `split` in id order."""
   d = config.data
   records = data.source(d.name, split, data_dir=d.data_dir or os.path.join(workdir, "tfds"),
                         manual_dir=d.manual_dir or None, strict=d.get("strict", False))
-  n = len(records) if not d.num_examples else min(d.num_examples, len(records))
+  n = len(records) if not num_examples else min(num_examples, len(records))
   # Sorted by id: the evaluated items and their batches do not depend on storage order.
   chosen = sorted(range(len(records)), key=lambda i: records[i]["id"])[:n]
   return [data.decode(records[i]) for i in chosen]
 
 
-def _elicitation(config, r: Run) -> downstream.ElicitationConfig:
-  d, b = config.downstream, config.eval
-  kwargs = dict(mode=r.mode or d.mode, parser=d.parser, max_new_tokens=d.max_new_tokens,
-                temperature=d.temperature, top_p=d.top_p, top_k=d.get("top_k", 0))
-  if r.sampling:
-    kwargs.update(temperature=b.sample_temperature, top_p=b.sample_top_p, top_k=b.sample_top_k)
-  if r.mode == "logit":
-    kwargs.update(temperature=0.0)  # the letter with the highest probability
-  if d.get("letters"):
-    kwargs.update(letters=d.letters)
-  return downstream.ElicitationConfig(**kwargs)
-
-
-class _HintWriter:
-  """The (trained) policy writing one greedy hint per question."""
+class _Policy:
+  """The (trained) policy: greedy hints, and rewrites of noisy questions or instructions."""
 
   def __init__(self, config, workdir, mesh):
     p = config.policy
-    base = train.model_dir(p, p.train_workdir or workdir, config.seed, vision=False)
+    self.base = train.model_dir(p, p.train_workdir or workdir, config.seed, vision=False)
     # float32 parameters, as training keeps them (the trained ones are restored onto them).
-    self.model = models.from_pretrained(base, dtype=p.dtype, param_dtype="float32", mesh=mesh)
+    self.model = models.from_pretrained(self.base, dtype=p.dtype, param_dtype="float32",
+                                        mesh=mesh)
     if p.train_workdir:
       step = train.load_policy(p.train_workdir, self.model, p.get("step") or None)
       logging.info("Prompt4Trust policy: step %d of %s", step, p.train_workdir)
     else:
-      logging.warning("policy.train_workdir is empty: hints come from %s as it is.", base)
-    self.tokenizer = models.load_tokenizer(base)
-    self.eos = tokenizer_lib.stop_token_ids(self.tokenizer, base)
+      logging.warning("policy.train_workdir is empty: hints come from %s as it is.", self.base)
+    self.tokenizer = models.load_tokenizer(self.base)
+    self.eos = tokenizer_lib.stop_token_ids(self.tokenizer, self.base)
     self.max_new_tokens = p.max_new_tokens
 
-  def __call__(self, examples) -> list[str]:
+  def hints(self, examples) -> list[str]:
     return hints.write(self.model, self.tokenizer, self.eos, examples,
                        max_new_tokens=self.max_new_tokens, temperature=0.0)[2]
 
+  def rewrite_questions(self, examples) -> list[str]:
+    texts = hints.complete(self.model, self.tokenizer, self.eos,
+                           [prompts.rewrite_question_prompt(x["question"], x["options"])
+                            for x in examples], max_new_tokens=self.max_new_tokens,
+                           temperature=0.0)[2]
+    # An empty rewrite would drop the question: keep the noisy one then.
+    return [t or x["question"] for t, x in zip(texts, examples)]
 
-def _answer(r: Run, answerer, writer, batch, key) -> list[dict]:
-  items = [downstream.Item(x["question"], x["options"], x["image"]) for x in batch]
+
+class _Context:
+  """What runs share: the downstream, the policy, and the searched instruction / soft prompt
+  (each made once, on first use, and kept in the workdir)."""
+
+  def __init__(self, config, workdir, mesh, answerer, policy, splits):
+    self.config, self.workdir, self.mesh = config, workdir, mesh
+    self.answerer, self.policy, self.splits = answerer, policy, splits
+    self._instruction = self._prompt = None
+
+  def elicitation(self, r: Run) -> downstream.ElicitationConfig:
+    d, b = self.config.downstream, self.config.eval
+    kwargs = dict(mode=r.mode or d.mode, parser=d.parser, max_new_tokens=d.max_new_tokens,
+                  temperature=d.temperature, top_p=d.top_p, top_k=d.get("top_k", 0))
+    if d.get("letters"):
+      kwargs.update(letters=d.letters)
+    if r.sampling:
+      kwargs.update(temperature=b.sample_temperature, top_p=b.sample_top_p,
+                    top_k=b.sample_top_k)
+    if r.mode == "logit":
+      kwargs.update(temperature=0.0)  # the letter with the highest probability
+    if r.abstain:
+      kwargs.update(letters=parsing.ABSTAIN_LETTERS, parser="abstain",
+                    instruction=prompts.ABSTAIN_INSTRUCTION)
+    if r.searched:
+      kwargs.update(instruction=self.searched_instruction())
+    return downstream.ElicitationConfig(**kwargs)
+
+  def answerer_for(self, r: Run) -> downstream.Downstream:
+    return self.answerer.with_config(self.elicitation(r))
+
+  def searched_instruction(self) -> str:
+    if self._instruction is None:
+      self._instruction = _search_instruction(self)
+    return self._instruction
+
+  def soft_prompt(self):
+    if self._prompt is None:
+      c = self.config.soft_prompt
+      examples = _examples(self.config, self.workdir, c.train_split, c.num_train_examples)
+      settings = soft_prompt.SoftPromptConfig(**{
+          k: v for k, v in c.items() if k not in ("train_split", "num_train_examples")})
+      learner = self.answerer.with_config(self.elicitation(Run("calibprompt", mode="logit")))
+      self._prompt = soft_prompt.train(learner, examples, settings, mesh=self.mesh,
+                                       workdir=self.workdir)
+    return self._prompt
+
+
+def _answer(r: Run, answerer, ctx: _Context, batch, key) -> list[dict]:
+  seed = ctx.config.seed
+  if r.corruption:
+    name, severity = noise.parse(r.corruption)
+    batch = [noise.corrupt_example(x, name, severity, seed) for x in batch]
+  if r.rewrite:
+    batch = [{**x, "question": q} for x, q in zip(batch, ctx.policy.rewrite_questions(batch))]
+  if r.abstain:
+    batch = [abstention.with_abstain_option(x) for x in batch]
   if r.hint == "policy":
-    written = writer(batch)
+    written = ctx.policy.hints(batch)  # from the question as the downstream will see it
   else:
     written = [prompts.FIXED_HINT if r.hint == "fixed" else None] * len(batch)
-  out = answerer.answer(items, [[h] * r.samples for h in written], key)
+  if r.soft_prompt:
+    out = soft_prompt.answer(answerer, ctx.soft_prompt(), batch, len(batch))
+  else:
+    items = [downstream.Item(x["question"], x["options"], x["image"]) for x in batch]
+    out = answerer.answer(items, [[h] * r.samples for h in written], key)
   S = r.samples
   records = []
   for i, (x, hint) in enumerate(zip(batch, written)):
     rows = slice(i * S, (i + 1) * S)
-    record = {"id": x["id"], "hint": hint, "texts": out.texts[rows],
+    record = {"id": x["id"], "hint": hint, "texts": list(out.texts[rows]),
               "letters": out.letter_index[rows].tolist(),
               "confidences": out.confidence[rows].tolist(), "valid": out.valid[rows].tolist()}
+    if r.corruption or r.rewrite:
+      record["question"] = x["question"]  # what the downstream was shown
     if out.option_probs is not None and r.mode == "logit":
       record["option_probs"] = out.option_probs[rows].tolist()
     records.append(record)
   return records
+
+
+def _search_instruction(ctx: _Context) -> str:
+  """The best instruction of a prompt search on the validation split (cached in the workdir)."""
+  c = ctx.config.prompt_search
+  if c.get("instruction_file"):
+    with open(c.instruction_file) as f:
+      return json.load(f)["best"]
+  path = os.path.join(ctx.workdir, "prompt_search.json")
+  cache = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      cache = {x["instruction"]: x for x in json.load(f)["candidates"]}
+  examples = ctx.splits["val"][:c.num_examples or None]
+  base = Run("prompt_search")
+
+  def score(instruction: str) -> tuple[float, float]:
+    if instruction not in cache:
+      config = dataclasses.replace(ctx.elicitation(base), instruction=instruction)
+      answerer = ctx.answerer.with_config(config)
+      items = [downstream.Item(x["question"], x["options"], x["image"]) for x in examples]
+      out = answerer.answer(items, None, jax.random.key(ctx.config.seed))
+      gold = np.asarray([x["answer"] for x in examples])
+      m = calibration.summary(jnp.asarray(out.confidence), jnp.asarray(out.valid),
+                              jnp.asarray(out.letter_index == gold))
+      cache[instruction] = {"instruction": instruction, "accuracy": float(m["accuracy"]),
+                            "ece": float(m["ece"])}
+      _save_search(path, cache)
+    return cache[instruction]["accuracy"], cache[instruction]["ece"]
+
+  proposer = prompt_search.llm_proposer(
+      ctx.policy.model, ctx.policy.tokenizer, ctx.policy.eos, seed=ctx.config.seed,
+      max_new_tokens=c.max_new_tokens, temperature=c.temperature)
+  ranked = prompt_search.search(proposer, score, [ctx.config.downstream.get("instruction") or
+                                                  prompts.DOWNSTREAM_INSTRUCTION],
+                                rounds=c.rounds, per_round=c.per_round, top_k=c.top_k,
+                                bucket=c.bucket)
+  _save_search(path, cache, best=ranked[0].instruction)
+  logging.info("prompt_search: best of %d candidates (accuracy %.3f, ECE %.3f)", len(ranked),
+               ranked[0].accuracy, ranked[0].ece)
+  return ranked[0].instruction
+
+
+def _save_search(path: str, cache: dict, best: str | None = None):
+  if jax.process_index() == 0:
+    with open(path + ".tmp", "w") as f:
+      json.dump({"best": best, "candidates": list(cache.values())}, f, indent=1)
+    os.replace(path + ".tmp", path)  # never a half-written cache
 
 
 def _arrays(store: RunStore, examples, key: str, samples: int | None = None) -> np.ndarray:
@@ -248,13 +396,14 @@ def _arrays(store: RunStore, examples, key: str, samples: int | None = None) -> 
   return np.asarray([v[:samples] for v in values] if samples else values)
 
 
-def _score(config, runs, stores, splits):
+def _score(config, stores, splits):
   """Per method: letter, confidence and validity per test item, then every metric."""
   e, test = config.eval, splits["test"]
   gold_B = np.asarray([x["answer"] for x in test])
-  per_method = {}
-  for m in e.methods:
-    if m in ("no_hint", "fixed_hint", "prompt4trust"):
+  per_method, extra = {}, {}
+  for m in method_names(config):
+    base = m.split("@")[0]
+    if base in _SINGLE or base == "rewrite":
       s = stores[m]
       per_method[m] = tuple(_arrays(s, test, k)[:, 0] for k in ("letters", "confidences", "valid"))
     elif m in ("csc", "csa"):
@@ -277,22 +426,31 @@ def _score(config, runs, stores, splits):
             jnp.asarray(val_logits), jnp.asarray([x["answer"] for x in val])))
         logging.info("logit_scaled: temperature %.4f fitted on %s", temperature,
                      config.data.val_split)
+        extra[m] = {"temperature": temperature}
         probs_BxC = np.asarray(calibration.apply_temperature(
             jnp.asarray(np.log(np.maximum(probs_BxC, 1e-12))), temperature))
       per_method[m] = (probs_BxC.argmax(-1), probs_BxC.max(-1), np.ones(len(test), bool))
+  if "abstain" in per_method:
+    letter, _, valid = per_method["abstain"]
+    no_hint_letter, _, no_hint_valid = (_arrays(stores["no_hint"], test, k)[:, 0]
+                                        for k in ("letters", "confidences", "valid"))
+    extra["abstain"] = abstention.abstention_metrics(
+        letter, valid, gold_B, ~(no_hint_valid & (no_hint_letter == gold_B)))
   results = {}
   for m, (letter, confidence, valid) in per_method.items():
     letter, confidence, valid = (np.asarray(x) for x in (letter, confidence, valid))
+    if m == "abstain":  # calibration over the questions it answered
+      valid = valid & (letter != abstention.ABSTAIN_INDEX)
     per_method[m] = (letter, confidence, valid)
-    results[m] = calibration.population_metrics(
+    results[m] = {**calibration.population_metrics(
         confidence, valid & (letter == gold_B), valid, num_bins=e.num_bins, binning=e.binning,
-        bootstrap_samples=e.bootstrap_samples, seed=config.seed)
+        bootstrap_samples=e.bootstrap_samples, seed=config.seed), **extra.get(m, {})}
   return results, per_method
 
 
 def _write_outputs(config, workdir, test, runs, stores, results, per_method):
   gold_B = np.asarray([x["answer"] for x in test])
-  letters = config.downstream.get("letters") or "ABCD"
+  letters = (config.downstream.get("letters") or parsing.LETTERS) + "E"  # E: abstained
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump({"data": f"{config.data.name}:{config.data.split}", "num_items": len(test),
                "downstream": config.downstream.path or f"random {config.downstream.random_shape}",

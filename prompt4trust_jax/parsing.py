@@ -12,6 +12,8 @@ Parsers are chosen by name from `PARSERS`:
   numbers 1-4 become letters A-D; any other number makes the response invalid. The confidence is
   capped at 100 like the paper's.
 - "strict": a stricter, more robust reading, for analysis (see `parse_strict`).
+- "abstain": the paper's regexes with a fifth letter, E, the "I don't know" option that the
+  abstention evaluation adds to every question.
 
 A response is valid only when both the letter and the confidence were read; `Parsed` keeps
 whichever half was found so failures can be inspected.
@@ -24,6 +26,7 @@ import re
 import numpy as np
 
 LETTERS = "ABCD"
+ABSTAIN_LETTERS = "ABCDE"  # E: "I don't know"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +46,16 @@ _PAPER_CONFIDENCE = re.compile(r"confidence\s+(\d{1,3})", re.IGNORECASE)
 
 def parse_paper(text: str) -> Parsed:
   answer = _PAPER_ANSWER.search(text)
+  confidence = _PAPER_CONFIDENCE.search(text)
+  return _parsed(answer and answer.group(1).upper(),
+                 confidence and min(int(confidence.group(1)), 100) / 100)
+
+
+_ABSTAIN_ANSWER = re.compile(r"answer is\s+([A-E])", re.IGNORECASE)
+
+
+def parse_abstain(text: str) -> Parsed:
+  answer = _ABSTAIN_ANSWER.search(text)
   confidence = _PAPER_CONFIDENCE.search(text)
   return _parsed(answer and answer.group(1).upper(),
                  confidence and min(int(confidence.group(1)), 100) / 100)
@@ -98,6 +111,7 @@ PARSERS: dict[str, Callable[[str], Parsed]] = {
     "paper": parse_paper,
     "medmcqa": parse_medmcqa,
     "strict": parse_strict,
+    "abstain": parse_abstain,
 }
 
 
@@ -116,7 +130,7 @@ def parse_batch(texts: Sequence[str],
                 parser: str = "paper") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Arrays for reward and metric code: `(letter_idx_B, confidence_B, valid_B)`.
 
-  letter_idx is int32 with A=0..D=3, and -1 for an invalid response; confidence is float32,
+  letter_idx is int32 with A=0..D=3 (E=4 for the abstain parser), and -1 for an invalid response; confidence is float32,
   0 for an invalid response (consult `valid`, never the placeholder); valid is bool.
   """
   if isinstance(texts, str):
@@ -124,7 +138,7 @@ def parse_batch(texts: Sequence[str],
   read = get_parser(parser)
   parsed = [read(t) for t in texts]
   valid_B = np.array([p.valid for p in parsed], dtype=np.bool_)
-  letter_idx_B = np.array([LETTERS.index(p.letter) if p.valid else -1 for p in parsed],
+  letter_idx_B = np.array([ABSTAIN_LETTERS.index(p.letter) if p.valid else -1 for p in parsed],
                           dtype=np.int32)
   confidence_B = np.array([p.confidence if p.valid else 0.0 for p in parsed], dtype=np.float32)
   return letter_idx_B, confidence_B, valid_B

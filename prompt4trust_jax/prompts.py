@@ -39,6 +39,17 @@ DOWNSTREAM_INSTRUCTION = (
     "100.\n"
     "After giving the answer, explain your reasoning based on the image and the question.")
 
+# The abstention evaluation: a fifth option on every question, and an instruction that offers it.
+ABSTAIN_OPTION = "E:I don't know"
+ABSTAIN_INSTRUCTION = (
+    "You are answering a multiple-choice question with five options (A, B, C, D, or E). "
+    "Option E means that you do not know the answer: choose it instead of guessing.\n"
+    "Clearly state your final answer and confidence in the following format only:\n"
+    f"'{ANSWER_FORMAT}'\n"
+    "Replace {LETTER} with one of A, B, C, D, or E, and {CONFIDENCE} with a number between 0 "
+    "and 100.\n"
+    "After giving the answer, explain your reasoning based on the image and the question.")
+
 # The fixed-hint baseline's sentence. METHOD.md appends it to "the downstream prompt" without
 # saying where; here it is the hint (`downstream_prompt(..., hint=FIXED_HINT)`), so the
 # baseline differs from Prompt4Trust only in the hint text.
@@ -64,3 +75,17 @@ def downstream_prompt(question: str, options: Sequence[str], hint: str | None,
                       instruction: str = DOWNSTREAM_INSTRUCTION) -> str:
   """The frozen VLM's user text (the image goes before it); `hint=None` is the no-hint baseline."""
   return "".join(downstream_prompt_split(question, options, hint, instruction))
+
+
+# The noise mitigation: the policy LLM cleans a noisy question before the downstream sees it.
+REWRITE_QUESTION_INSTRUCTION = (
+    "The medical multiple-choice question below may contain typos, abbreviations, missing or "
+    "swapped words and odd capitalisation. Rewrite the question in clear, correctly spelled "
+    "English without changing its meaning. Do not answer it. Reply with the rewritten question "
+    "only.")
+
+
+def rewrite_question_prompt(question: str, options: Sequence[str],
+                            instruction: str = REWRITE_QUESTION_INSTRUCTION) -> str:
+  """The rewriter's user turn: the options are shown for context; only the question is rewritten."""
+  return f"{_question_block(instruction, question, options)}\n\nRewritten question:"

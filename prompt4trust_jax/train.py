@@ -180,7 +180,7 @@ def _rollout(config, state, answerer, tokenizer, eos, reward_spec, reference, ex
   """Hints for each question (G each), the downstream's answers, rewards -> an update batch."""
   s, G = config.sampling, config.sampling.num_generations
   prompt_ids, out, texts = hints.write(
-      nnx.merge(state.graphdef, state.params), tokenizer, eos, examples, num_per_question=G,
+      nnx.merge(state.graphdef, state.params), tokenizer, eos, examples, num_per_prompt=G,
       max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
       rng=jax.random.fold_in(key, 0))
   items = [downstream.Item(e["question"], tuple(e["options"]), e["image"]) for e in examples]

@@ -75,7 +75,7 @@ def test_logit_mode_reads_the_letter_probabilities(vl_dir, items):
                      temperature=0.0)
   tok, model = ds.tokenizer, ds.model
   pixels, grid = images.preprocess([items[0].image], ds.image_processor)
-  prefix, suffix = ds._token_ids(items[0], "Look at bone contrast.", grid)
+  prefix, suffix = ds.prompt_ids(items[0], "Look at bone contrast.", grid)
   forced = tok.encode("In conclusion, the answer is A", add_special_tokens=False)[:-1]
   letter_ids = [tok.encode(f"In conclusion, the answer is {l}", add_special_tokens=False)[-1]
                 for l in "ABCD"]
@@ -127,7 +127,7 @@ def _scripted(tiny_dir, text, check_every, max_new_tokens=128):
   config = downstream.ElicitationConfig(mode="verbalized", temperature=0.0,
                                         check_every=check_every, max_new_tokens=max_new_tokens)
   probe = downstream.Downstream(ScriptedLM([0], 1, 4096, 0), tok, None, config)
-  prefix, suffix = probe._token_ids(item, None, None)
+  prefix, suffix = probe.prompt_ids(item, None, None)
   script = tok.encode(text, add_special_tokens=False)
   eos = tok.convert_tokens_to_ids("<|im_end|>")
   ds = downstream.Downstream(ScriptedLM(script, len(prefix + suffix), 4096, eos), tok, None, config)

@@ -30,6 +30,8 @@ def _config(trained_dir, **eval_overrides):
   config.data.num_examples = 6
   config.eval.update(batch_size=4, consistency_samples=5, entropy_samples=8,
                      bootstrap_samples=50, **eval_overrides)
+  config.soft_prompt.update(steps=3, num_train_examples=8, batch_size=8)
+  config.prompt_search.update(rounds=1, per_round=2, max_new_tokens=8)
   return config
 
 
@@ -37,10 +39,12 @@ def test_every_method_is_scored_and_written(trained, tmp_path, capsys):
   workdir = str(tmp_path / "eval")
   config = _config(trained)
   results = evaluate.run(config, workdir)
-  assert list(results) == list(evaluate.METHODS)
+  names = list(evaluate.METHODS) + [f"{m}@{c}" for c in ("gaussian_noise:3", "typo:3")
+                                    for m in ("no_hint", "prompt4trust", "rewrite")]
+  assert list(results) == evaluate.method_names(config) == names
   with open(os.path.join(workdir, "results.json")) as f:
     saved = json.load(f)
-  assert saved["num_items"] == 6 and set(saved["methods"]) == set(evaluate.METHODS)
+  assert saved["num_items"] == 6 and list(saved["methods"]) == names
   for metrics in saved["methods"].values():
     assert metrics["all/count"] == 6
     for population in ("all", "valid"):
@@ -49,9 +53,23 @@ def test_every_method_is_scored_and_written(trained, tmp_path, capsys):
   with open(os.path.join(workdir, "samples.csv"), newline="") as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == 6
-  for m in evaluate.METHODS:  # the CSV's letters give back results.json's accuracy
+  for m in names:  # the CSV's letters give back results.json's accuracy
     accuracy = np.mean([r[f"{m}/letter"] == r["gold"] for r in rows])
-    assert accuracy == pytest.approx(saved["methods"][m]["all/accuracy"])
+    if m != "abstain":  # whose metrics are over the answered questions
+      assert accuracy == pytest.approx(saved["methods"][m]["all/accuracy"])
+  assert 0 <= saved["methods"]["abstain"]["abstain/rate"] <= 1
+  assert "abstain/rate_when_wrong" in saved["methods"]["abstain"]
+  assert saved["methods"]["logit_scaled"]["temperature"] > 0
+  # The instruction search kept its candidates and its pick in the workdir.
+  with open(os.path.join(workdir, "prompt_search.json")) as f:
+    search = json.load(f)
+  assert search["best"] in [c["instruction"] for c in search["candidates"]]
+  # Text noise reached what the downstream saw; image noise left the question alone.
+  typo, gaussian = (evaluate.RunStore(os.path.join(workdir, "runs", f"no_hint@{c}.jsonl")).items
+                    for c in ("typo:3", "gaussian_noise:3"))
+  questions = {r["id"]: r["question"] for r in rows}
+  assert any(typo[i]["question"] != questions[i] for i in questions)
+  assert all(gaussian[i]["question"] == questions[i] for i in questions)
   assert all(r["fixed_hint/hint"] == "Think step-by-step, do not be over-confident." for r in rows)
   # logit_scaled only rescales: same letters as logit, confidences moved by one temperature.
   assert [r["logit/letter"] for r in rows] == [r["logit_scaled/letter"] for r in rows]
@@ -63,7 +81,7 @@ def test_every_method_is_scored_and_written(trained, tmp_path, capsys):
 
 def test_interrupted_evaluation_resumes_without_recomputing(trained, tmp_path, monkeypatch):
   workdir = str(tmp_path / "eval")
-  config = _config(trained, methods=("no_hint", "csc", "entropy"))
+  config = _config(trained, methods=("no_hint", "csc", "entropy"), corruptions=())
   evaluate.run(config, workdir)
   with open(os.path.join(workdir, "results.json")) as f:
     uninterrupted = json.load(f)
@@ -93,7 +111,7 @@ def test_zero_shot_transfer_to_another_downstream(trained, tmp_path):
   """The trained policy's hints drive a Qwen2.5-VL it never saw in training."""
   other = fixtures.write_random_qwen2_vl(str(tmp_path / "qwen2_5_vl"),
                                          fixtures.vl_shape_config("tiny", qwen2_5=True), seed=7)
-  config = _config(trained, methods=("no_hint", "prompt4trust"))
+  config = _config(trained, methods=("no_hint", "prompt4trust"), corruptions=())
   config.downstream.path = other
   results = evaluate.run(config, str(tmp_path / "eval"))
   assert set(results) == {"no_hint", "prompt4trust"}
@@ -119,8 +137,16 @@ def test_plan_runs_each_pass_once_and_names_unknown_methods():
   assert [(r.name, r.samples, r.split) for r in runs] == [
       ("samples", 40, "test"), ("logit", 1, "test"), ("logit_val", 1, "val")]
   assert [r.samples for r in evaluate.plan(("csa",), 21, 40)] == [21]
+  # Abstention compares with the no-hint answers, so it brings that run along.
+  assert [r.name for r in evaluate.plan(("abstain",))] == ["no_hint", "abstain"]
+  noisy = evaluate.plan((), corruptions=("typo:2",), noise_methods=("prompt4trust", "rewrite"))
+  assert [(r.name, r.hint, r.corruption, r.rewrite) for r in noisy] == [
+      ("prompt4trust@typo:2", "policy", "typo:2", False),
+      ("rewrite@typo:2", "none", "typo:2", True)]
   with pytest.raises(ValueError, match="Unknown evaluation methods \\['verbal'\\]"):
     evaluate.plan(("verbal", "no_hint"))
+  with pytest.raises(ValueError, match="Severity of 'typo' must be an int in 1..5, got 9"):
+    evaluate.plan(("no_hint",), corruptions=("typo:9",), noise_methods=("no_hint",))
 
 
 def test_run_store_drops_a_torn_last_line(tmp_path):

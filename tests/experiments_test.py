@@ -30,7 +30,8 @@ def test_train_then_evaluate_demo_run_and_report(tmp_path):
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(trained / "tensorboard"))
   out = _run("experiments.evaluate", "--config=configs/eval_demo.py", f"--workdir={evaluated}",
              f"--config.policy.train_workdir={trained}", "--config.policy.max_new_tokens=8",
-             "--config.data.num_examples=4", "--config.eval.methods=('no_hint','prompt4trust')")
+             "--config.data.num_examples=4", "--config.eval.methods=('no_hint','prompt4trust')",
+             "--config.eval.corruptions=()")
   assert "| prompt4trust | 4 |" in out
   for name in ("results.json", "results.md", "samples.csv", "reliability.png"):
     assert os.path.getsize(evaluated / name) > 0
