@@ -165,7 +165,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
   d = config.downstream
   answerer = downstream.Downstream.from_pretrained(
       train.model_dir(d, workdir, config.seed, vision=True), dtype=d.dtype, mesh=mesh)
-  needs_policy = any(r.hint == "policy" or r.rewrite for r in runs) or "prompt_search" in e.methods
+  needs_policy = any(r.hint == "policy" or r.rewrite for r in runs) or (
+      "prompt_search" in e.methods and not config.prompt_search.get("instruction_file"))
   ctx = _Context(config, workdir, mesh, answerer,
                  _Policy(config, workdir, mesh) if needs_policy else None, splits)
 

@@ -44,21 +44,22 @@ _PAPER_ANSWER = re.compile(r"answer is\s+([A-D])", re.IGNORECASE)
 _PAPER_CONFIDENCE = re.compile(r"confidence\s+(\d{1,3})", re.IGNORECASE)
 
 
-def parse_paper(text: str) -> Parsed:
-  answer = _PAPER_ANSWER.search(text)
+def _paper_style(answer_re: re.Pattern, text: str) -> Parsed:
+  answer = answer_re.search(text)
   confidence = _PAPER_CONFIDENCE.search(text)
   return _parsed(answer and answer.group(1).upper(),
                  confidence and min(int(confidence.group(1)), 100) / 100)
+
+
+def parse_paper(text: str) -> Parsed:
+  return _paper_style(_PAPER_ANSWER, text)
 
 
 _ABSTAIN_ANSWER = re.compile(r"answer is\s+([A-E])", re.IGNORECASE)
 
 
 def parse_abstain(text: str) -> Parsed:
-  answer = _ABSTAIN_ANSWER.search(text)
-  confidence = _PAPER_CONFIDENCE.search(text)
-  return _parsed(answer and answer.group(1).upper(),
-                 confidence and min(int(confidence.group(1)), 100) / 100)
+  return _paper_style(_ABSTAIN_ANSWER, text)
 
 
 _MEDMCQA_ANSWER = re.compile(r"answer is \(?(\d+)\)?")

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import demo, eval_demo
-from prompt4trust_jax import evaluate, fixtures, models, train
+from configs import (demo, eval_abstain, eval_calibprompt, eval_demo, eval_noise, eval_pmcvqa,
+                     eval_prompt_search)
+from prompt4trust_jax import downstream, evaluate, fixtures, models, noise, prompts, train
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +161,31 @@ def test_run_store_drops_a_torn_last_line(tmp_path):
   assert not reopened.done(["a", "c"])
   with open(path) as f:
     assert f.read().count("\n") == 2 and not f.read()
+
+
+@pytest.mark.parametrize("module", [eval_demo, eval_pmcvqa, eval_abstain, eval_calibprompt,
+                                    eval_noise, eval_prompt_search])
+def test_configs_plan_their_methods(module):
+  config = module.get_config()
+  e = config.eval
+  runs = evaluate.plan(e.methods, e.consistency_samples, e.entropy_samples, e.corruptions,
+                       e.noise_methods)
+  assert len({r.name for r in runs}) == len(runs)
+  names = evaluate.method_names(config)
+  assert len(names) == len(set(names)) >= len(e.methods)
+  if module is eval_noise:  # every corruption at three severities, per noise method
+    assert len(names) == 2 + 3 * len(noise.CORRUPTIONS) * len(e.noise_methods)
+
+
+def test_a_saved_instruction_is_reused_without_searching(trained, tmp_path, monkeypatch):
+  path = tmp_path / "best.json"
+  path.write_text(json.dumps({"best": "Answer carefully. " + prompts.DOWNSTREAM_INSTRUCTION}))
+  used = []
+  with_config = downstream.Downstream.with_config
+  monkeypatch.setattr(downstream.Downstream, "with_config",
+                      lambda self, c: used.append(c.instruction) or with_config(self, c))
+  config = _config(trained, methods=("prompt_search",), corruptions=())
+  config.prompt_search.instruction_file = str(path)
+  evaluate.run(config, str(tmp_path / "eval"))
+  assert used == [json.loads(path.read_text())["best"]]
+  assert not os.path.exists(tmp_path / "eval" / "prompt_search.json")  # no search ran

@@ -15,7 +15,6 @@ import json
 import os
 
 import tensorflow_datasets as tfds
-from absl import logging
 
 from prompt4trust_jax.data import validation
 
@@ -24,42 +23,23 @@ NUMBERS = "1234"
 _FILES = {"train": "train.json", "validation": "dev.json"}
 
 
-class Medmcqa(tfds.core.GeneratorBasedBuilder):
+class Medmcqa(validation.CheckedBuilder):
   """MedMCQA from local files (see the module docstring)."""
 
   name = "medmcqa"
   VERSION = tfds.core.Version("1.0.0")
   MANUAL_DOWNLOAD_INSTRUCTIONS = "Put MedMCQA's train.json and dev.json in manual_dir."
 
-  def __init__(self, *, strict: bool = False, **kwargs):
-    self.strict = strict
-    super().__init__(**kwargs)
-
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self, description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "id": tfds.features.Text(),
-            "question": tfds.features.Text(),
-            "options": tfds.features.Sequence(tfds.features.Text(), length=4),
-            "answer": tfds.features.ClassLabel(names=list(NUMBERS)),
-            "subject": tfds.features.Text(),
-        }),
+        features=self.question_features(NUMBERS, subject=tfds.features.Text()),
         homepage="https://medmcqa.github.io")
 
   def _split_generators(self, dl_manager):
     manual = os.fspath(dl_manager.manual_dir)
-    report = validation.SkipReport(self.strict)
-    try:
-      splits = {split: _usable_rows(os.path.join(manual, name), report)
-                for split, name in _FILES.items()}
-    finally:
-      os.makedirs(self.data_path, exist_ok=True)
-      report.write(os.path.join(self.data_path, "skipped.json"))
-    if report.num_skipped:
-      logging.warning("medmcqa: skipped %d of %d rows %s; ids in %s/skipped.json",
-                      report.num_skipped, report.checked, report.as_dict()["counts"],
-                      self.data_path)
+    splits = self.checked_splits(lambda report: {
+        split: _usable_rows(os.path.join(manual, name), report) for split, name in _FILES.items()})
     return {split: self._generate_examples(rows) for split, rows in splits.items()}
 
   def _generate_examples(self, rows):

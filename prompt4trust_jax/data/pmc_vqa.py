@@ -27,7 +27,6 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import logging
 
 from prompt4trust_jax.data import validation
 
@@ -48,7 +47,7 @@ def _size_name(n: int) -> str:
   return f"{n // 1000}k" if n % 1000 == 0 else str(n)
 
 
-class PmcVqa(tfds.core.GeneratorBasedBuilder):
+class PmcVqa(validation.CheckedBuilder):
   """PMC-VQA multiple-choice medical VQA (local files; see the module docstring)."""
 
   name = "pmc_vqa"
@@ -64,37 +63,18 @@ class PmcVqa(tfds.core.GeneratorBasedBuilder):
       "Put PMC-VQA's train.csv, test.csv, test_clean.csv and its images/ folder (or images.zip) "
       "in manual_dir.")
 
-  def __init__(self, *, strict: bool = False, **kwargs):
-    self.strict = strict
-    super().__init__(**kwargs)
-
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self, description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "id": tfds.features.Text(),
-            "question": tfds.features.Text(),
-            "options": tfds.features.Sequence(tfds.features.Text(), length=4),
-            "answer": tfds.features.ClassLabel(names=list(LETTERS)),
-            "answer_text": tfds.features.Text(),
-            "image": tfds.features.Image(shape=(None, None, 3)),
-            "image_path": tfds.features.Text(),
-        }),
+        features=self.question_features(
+            LETTERS, answer_text=tfds.features.Text(),
+            image=tfds.features.Image(shape=(None, None, 3)), image_path=tfds.features.Text()),
         homepage="https://github.com/xiaoman-zhang/PMC-VQA")
 
   def _split_generators(self, dl_manager):
     manual = os.fspath(dl_manager.manual_dir)
     store = validation.ImageStore(os.path.join(manual, "images"))
-    report = validation.SkipReport(self.strict)
-    try:
-      splits = self._checked_splits(manual, store, report)
-    finally:  # also when a strict or size error stops the build: the report says why
-      os.makedirs(self.data_path, exist_ok=True)
-      report.write(os.path.join(self.data_path, "skipped.json"))
-    if report.num_skipped:
-      logging.warning("pmc_vqa/%s: skipped %d of %d rows %s; ids in %s/skipped.json",
-                      self.builder_config.name, report.num_skipped, report.checked,
-                      report.as_dict()["counts"], self.data_path)
+    splits = self.checked_splits(lambda report: self._checked_splits(manual, store, report))
     return {name: self._generate_examples(rows, store) for name, rows in splits.items()}
 
   def _checked_splits(self, manual, store, report) -> dict[str, list[dict]]:

@@ -9,6 +9,10 @@ import collections
 import json
 import os
 import zipfile
+from collections.abc import Callable
+
+import tensorflow_datasets as tfds
+from absl import logging
 
 from prompt4trust_jax import images
 
@@ -118,3 +122,31 @@ class ImageStore:
       raise BadRowError(MISSING_IMAGE, f"image {path} does not exist")
     with open(path, "rb") as f:
       return f.read()
+
+
+class CheckedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A multiple-choice builder whose rows are checked (skip and report, or `strict`)."""
+
+  def __init__(self, *, strict: bool = False, **kwargs):
+    self.strict = strict
+    super().__init__(**kwargs)
+
+  def question_features(self, labels: str, **extra) -> tfds.features.FeaturesDict:
+    """id, question, 4 options and the answer (a label of `labels`), plus `extra` features."""
+    return tfds.features.FeaturesDict({
+        "id": tfds.features.Text(), "question": tfds.features.Text(),
+        "options": tfds.features.Sequence(tfds.features.Text(), length=4),
+        "answer": tfds.features.ClassLabel(names=list(labels)), **extra})
+
+  def checked_splits(self, check: Callable[[SkipReport], dict]) -> dict:
+    """`check(report)`'s splits; the report goes to `skipped.json` even when a row stops it."""
+    report = SkipReport(self.strict)
+    try:
+      return check(report)
+    finally:
+      os.makedirs(self.data_path, exist_ok=True)
+      report.write(os.path.join(self.data_path, "skipped.json"))
+      if report.num_skipped:
+        logging.warning("%s: skipped %d of %d rows %s; ids in %s/skipped.json", self.name,
+                        report.num_skipped, report.checked, report.as_dict()["counts"],
+                        self.data_path)
