@@ -46,8 +46,8 @@ def _ours(config, prompts) -> float:
   tokens, mask = sampling.left_pad(prompts, len(prompts[0]), len(prompts), 0)
 
   def step(state, key):
-    out = sampling.generate(nnx.merge(state.graphdef, state.params), rows, max_new_tokens=N,
-                            rng=key, **SAMPLING)
+    out = sampling.generate(nnx.merge(state.graphdef, state.params), prompts, max_new_tokens=N,
+                            rng=key, copies=G, **SAMPLING)  # as the library's rollout does
     rewards = jnp.asarray(reward_fn(out.tokens_BxN))
     full = np.concatenate([np.repeat(tokens, G, 0), out.tokens_BxN], 1)
     attention = np.ones_like(full)

@@ -13,8 +13,9 @@ One interface, three elicitation modes (`ElicitationConfig.mode`):
   (renormalised over the letters, optionally temperature scaled).
 
 For G hints per question the image is encoded once and the shared prefix (image,
-instruction, question, options) prefilled once; its cache is then forked G ways and
-only the hints are prefilled per row (`share_prefix=False` is the naive path).
+instruction, question, options) prefilled once; the G rows then attend to its cache
+as a shared prefix (`sampling.share`) and only the hints are prefilled per row
+(`share_prefix=False` is the naive path).
 """
 
 import dataclasses
@@ -265,18 +266,20 @@ def _branch_letters(trie: constraints.ChoiceTrie, completion_letters: list[str],
 def _prefill_and_emit(graphdef, state, tokens_QxP, mask_QxP, positions, image_embeds_IxD, suffix_BxT,
            suffix_mask_BxT, rng, trie, *, copies: int, cache_length: int, max_new_tokens: int,
            params: sampling.SamplingParams) -> sampling.DecodeState:
-  """Prefills prefixes, forks them `copies` ways, prefills suffixes, emits the first token."""
+  """Prefills prefixes, shares each with `copies` rows, prefills suffixes, emits a token."""
   model = nnx.merge(graphdef, state)
-  Q = tokens_QxP.shape[0]
+  Q, P = tokens_QxP.shape
   children = 1 if trie is None else trie.child_token.shape[1]
-  s = sampling.init_state(model, Q, cache_length, max_new_tokens, children, params.pad_token_id)
+  # Shared prefixes get only their own slots; the rows' slots come with `share`.
+  s = sampling.init_state(model, Q, P if copies > 1 else cache_length, max_new_tokens, children,
+                          params.pad_token_id)
   if positions is None:
     positions = qwen2.positions_from_mask(mask_QxP)
   h_QxD, s = sampling.prefill(model, s, model.embed(tokens_QxP, image_embeds_IxD), positions,
                               mask_QxP)
   s = s.replace(done_B=~mask_QxP.any(axis=-1))
   if copies > 1:
-    s = sampling.fork(s, copies)
+    s = sampling.share(s, copies, cache_length - P)
     h_QxD = jnp.repeat(h_QxD, copies, axis=0)
   if suffix_BxT is not None:
     suffix_positions = s.position_B[:, None] + jnp.cumsum(suffix_mask_BxT, axis=-1) - 1

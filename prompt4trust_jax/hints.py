@@ -19,10 +19,10 @@ def complete(model: nnx.Module, tokenizer, eos_token_ids: Sequence[int], user_te
   GRPO batch is built from them) and the decoded, stripped replies.
   """
   ids = [tokenizer_lib.chat_prompt_ids(tokenizer, text) for text in user_texts]
-  out = sampling.generate(model, [p for p in ids for _ in range(num_per_prompt)],
-                          max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                          top_k=top_k, eos_token_ids=eos_token_ids,
-                          pad_token_id=tokenizer.pad_token_id or 0, rng=rng)
+  out = sampling.generate(model, ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                          top_p=top_p, top_k=top_k, eos_token_ids=eos_token_ids,
+                          pad_token_id=tokenizer.pad_token_id or 0, rng=rng,
+                          copies=num_per_prompt)
   texts = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in out.tokens]
   return ids, out, texts
 

@@ -196,11 +196,25 @@ def prefill(model, state: DecodeState, x_BxTxD: jax.Array, positions, mask_BxT: 
   return h_BxTxD[:, -1], state
 
 
-def fork(state: DecodeState, copies: int) -> DecodeState:
-  """Each row becomes `copies` consecutive rows sharing its cache contents."""
+def share(state: DecodeState, copies: int, cache_length: int) -> DecodeState:
+  """Each row becomes `copies` consecutive rows that attend to its cache as a shared prefix.
+
+  The prefix is not copied: the new rows get an empty cache of `cache_length` slots of
+  their own and read the old one, read-only, once per group (`kv_cache.LayerCache`'s
+  prefix). Same results as repeating the rows' caches, up to float rounding.
+  """
   def repeat(x):
     return x if x.ndim == 0 else jnp.repeat(x, copies, axis=0)
-  return jax.tree.map(repeat, state)
+  B = state.kv_valid_BxS.shape[0] * copies
+  cache = tuple(
+      kv_cache_lib.LayerCache(
+          k=jnp.zeros((B, cache_length, *layer.k.shape[2:]), layer.k.dtype),
+          v=jnp.zeros((B, layer.v.shape[1], cache_length, layer.v.shape[3]), layer.v.dtype),
+          prefix_k=layer.k, prefix_v=layer.v, prefix_valid=state.kv_valid_BxS)
+      for layer in state.cache)
+  rows = jax.tree.map(repeat, state.replace(cache=(), kv_valid_BxS=jnp.zeros((0,), bool)))
+  return rows.replace(cache=cache, kv_valid_BxS=jnp.zeros((B, cache_length), bool),
+                      slot=jnp.int32(0))
 
 
 def emit(state: DecodeState, logits_BxV: jax.Array, key: jax.Array, params: SamplingParams,
@@ -273,13 +287,16 @@ def decode_head(model) -> jax.Array:
   return head_DxV
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "params"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "params", "copies"))
 def generate_padded(graphdef, state, tokens_BxP, mask_BxP, rng, positions=None,
-                    image_embeds_IxD=None, *, max_new_tokens: int, params: SamplingParams):
+                    image_embeds_IxD=None, *, max_new_tokens: int, params: SamplingParams,
+                    copies: int = 1):
   """Pure, jitted core of `generate` over left-padded prompts.
 
   Rows whose mask is all zero (batch padding) produce nothing. `positions` defaults
   to counting real tokens; multimodal callers pass M-RoPE positions and image tokens.
+  With `copies` > 1 each prompt is sampled that many times (rows prompt-major), its
+  cache shared by the copies (`share`) rather than prefilled or stored once per copy.
   Returns `(tokens_BxN, logprobs_BxN, lengths_B)`, padded after each row's first EOS.
   """
   model = nnx.merge(graphdef, state)
@@ -287,9 +304,13 @@ def generate_padded(graphdef, state, tokens_BxP, mask_BxP, rng, positions=None,
   head_DxV = decode_head(model)
   if positions is None:
     positions = positions_from_mask(mask_BxP)
-  s = init_state(model, B, P + max_new_tokens, max_new_tokens, pad_token_id=params.pad_token_id)
+  length = P if copies > 1 else P + max_new_tokens
+  s = init_state(model, B, length, max_new_tokens, pad_token_id=params.pad_token_id)
   s = s.replace(done_B=~mask_BxP.any(axis=-1))
   h_BxD, s = prefill(model, s, model.embed(tokens_BxP, image_embeds_IxD), positions, mask_BxP)
+  if copies > 1:
+    s = share(s, copies, max_new_tokens)
+    h_BxD = jnp.repeat(h_BxD, copies, axis=0)
   s = emit(s, model.logits(h_BxD, head_DxV), jax.random.fold_in(rng, 0), params)
   s = decode(model, s, rng, params, head_DxV, max_new_tokens - 1)
   return s.tokens_BxN, s.logprobs_BxN, s.lengths_B
@@ -329,14 +350,19 @@ def _validate(prompts, vocab_size, max_new_tokens, temperature, top_k, top_p):
 def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
              eos_token_ids: Sequence[int] = (), rng: jax.Array | None = None,
-             pad_token_id: int = 0, pixel_values=None, image_grid_thw=None) -> GenerateOutput:
+             pad_token_id: int = 0, pixel_values=None, image_grid_thw=None,
+             copies: int = 1) -> GenerateOutput:
   """Samples continuations of token-id prompts of different lengths.
 
   temperature 0 is greedy; top_k 0 and top_p 1 switch those filters off. Each row
   stops after its first token in `eos_token_ids`. Same inputs and `rng`, same output.
   A multimodal model also takes HF-style `pixel_values` / `image_grid_thw` for the
   images of all prompts in order, each prompt's `<|image_pad|>` already expanded.
+  `copies` samples each prompt that many times (outputs prompt-major) from one prefill
+  whose cache the copies share: GRPO's G completions per prompt.
   """
+  if copies < 1:
+    raise ValueError(f"copies must be >= 1, got {copies}.")
   _validate(prompts, model.config.vocab_size, max_new_tokens, temperature, top_k, top_p)
   if rng is None:
     if temperature > 0:
@@ -353,8 +379,9 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_new_tok
   params = SamplingParams(float(temperature), int(top_k), float(top_p),
                           tuple(int(e) for e in eos_token_ids), int(pad_token_id))
   out = generate_padded(graphdef, state, tokens, mask, rng, positions, image_embeds,
-                        max_new_tokens=max_new_tokens, params=params)
-  tokens_BxN, logprobs_BxN, lengths_B = (np.asarray(x)[:len(prompts)] for x in jax.device_get(out))
+                        max_new_tokens=max_new_tokens, params=params, copies=copies)
+  rows = len(prompts) * copies
+  tokens_BxN, logprobs_BxN, lengths_B = (np.asarray(x)[:rows] for x in jax.device_get(out))
   return GenerateOutput(
       tokens=[row[:n].tolist() for row, n in zip(tokens_BxN, lengths_B)],
       logprobs=[row[:n] for row, n in zip(logprobs_BxN, lengths_B)],

@@ -88,6 +88,19 @@ def test_batched_rows_equal_single_rows(model):
     assert sampling.generate(model, [prompt], max_new_tokens=20, temperature=0).tokens[0] == tokens
 
 
+def test_copies_share_the_prompt_cache_and_sample_like_repeated_prompts(model):
+  """G copies of a prompt reading one shared cache == the prompt repeated G times."""
+  prompts, G = [[5, 6, 7], list(range(30, 55))], 4
+  kw = dict(max_new_tokens=24, temperature=1.0, top_k=50, rng=jax.random.key(3))
+  shared = sampling.generate(model, prompts, copies=G, **kw)
+  repeated = sampling.generate(model, [p for p in prompts for _ in range(G)], **kw)
+  assert shared.tokens == repeated.tokens  # same draws row for row
+  assert len({tuple(t) for t in shared.tokens[:G]}) > 1  # the copies differ from each other
+  np.testing.assert_allclose(shared.logprobs_BxN, repeated.logprobs_BxN, atol=2e-5)
+  with pytest.raises(ValueError, match="copies must be >= 1"):
+    sampling.generate(model, prompts, copies=0, **kw)
+
+
 def test_no_recompilation_within_a_bucket(model):
   kw = dict(max_new_tokens=8, temperature=0.6, top_k=100, top_p=0.95)
   sampling.generate(model, [[1, 2, 3], [4, 5, 6, 7, 8]], rng=jax.random.key(0), **kw)

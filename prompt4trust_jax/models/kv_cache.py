@@ -12,15 +12,29 @@ from flax import struct
 
 @struct.dataclass
 class LayerCache:
-  """Keys `[B, S, K, H]` and values `[B, K, S, H]` (see `layers.attend` for why)."""
+  """Keys `[B, S, K, H]` and values `[B, K, S, H]` (see `layers.attend` for why).
+
+  Optionally a read-only shared prefix: rows b*C .. b*C + C-1 all attend to prefix row b
+  (keys `[Q, P, K, H]`, values `[Q, K, P, H]`, valid slots `[Q, P]`) before their own
+  slots. G hints of one question then read the question's cache once per group instead
+  of once per row (`sampling.share`).
+  """
   k: jax.Array
   v: jax.Array
+  prefix_k: jax.Array | None = None
+  prefix_v: jax.Array | None = None
+  prefix_valid: jax.Array | None = None
 
   def write(self, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array, index) -> "LayerCache":
     v_BxKxTxH = jnp.swapaxes(v_BxTxKxH, 1, 2)
-    return LayerCache(
+    return self.replace(
         k=jax.lax.dynamic_update_slice(self.k, k_BxTxKxH.astype(self.k.dtype), (0, index, 0, 0)),
         v=jax.lax.dynamic_update_slice(self.v, v_BxKxTxH.astype(self.v.dtype), (0, 0, index, 0)))
+
+  @property
+  def prefix(self):
+    """`(keys, values, valid)` of the shared prefix, or None."""
+    return None if self.prefix_k is None else (self.prefix_k, self.prefix_v, self.prefix_valid)
 
 
 def init(num_layers: int, batch: int, length: int, num_kv_heads: int, head_dim: int,

@@ -51,24 +51,49 @@ class SwiGLU(nnx.Module):
     return out_MxD.reshape(x_BxTxD.shape[:-1] + out_MxD.shape[-1:])
 
 
-def attend(q_BxTxNxH, k_BxSxKxH, v_BxKxSxH, mask_BxTxS) -> jax.Array:
+def attend(q_BxTxNxH, k_BxSxKxH, v_BxKxSxH, mask_BxTxS, prefix=None) -> jax.Array:
   """Grouped-query softmax attention; logits and softmax in float32 (as HF does).
 
   Keys are [B, S, K, H] and values [B, K, S, H]: with these layouts both products
   are plain batched matmuls for XLA:CPU (4.7x faster than one layout for both at
   batch 64, 545 keys). Fully masked rows (padding queries) get a finite uniform
   softmax, never NaN.
+
+  `prefix = (keys [Q, P, K, H], values [Q, K, P, H], valid [Q, P])`: keys every group of
+  C = B / Q consecutive rows also attends to (all before its own), in one softmax. The
+  C rows' queries meet each prefix key in one matmul, so the prefix is read once per
+  group: ~4x less time than C copies at C = 8, P = 288 on XLA:CPU.
   """
   B, T, N, H = q_BxTxNxH.shape
   K = k_BxSxKxH.shape[2]
-  q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, N // K, H)
+  G = N // K
+  q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, G, H)
   logits_BxKxGxTxS = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH.astype(q_BxTxNxH.dtype),
                                 preferred_element_type=jnp.float32) * H**-0.5
   logits_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], logits_BxKxGxTxS,
                                jnp.finfo(jnp.float32).min)
+  if prefix is not None:
+    k_QxPxKxH, v_QxKxPxH, valid_QxP = prefix
+    Q, P = valid_QxP.shape
+    C = B // Q
+    q_QxCxTxKxGxH = q_BxTxKxGxH.reshape(Q, C, T, K, G, H)
+    prefix_QxCxKxGxTxP = jnp.einsum("qctkgh,qpkh->qckgtp", q_QxCxTxKxGxH,
+                                    k_QxPxKxH.astype(q_BxTxNxH.dtype),
+                                    preferred_element_type=jnp.float32) * H**-0.5
+    prefix_QxCxKxGxTxP = jnp.where(valid_QxP[:, None, None, None, None], prefix_QxCxKxGxTxP,
+                                   jnp.finfo(jnp.float32).min)
+    logits_BxKxGxTxS = jnp.concatenate(
+        [prefix_QxCxKxGxTxP.reshape(B, K, G, T, P), logits_BxKxGxTxS], axis=-1)
   probs_BxKxGxTxS = jax.nn.softmax(logits_BxKxGxTxS, axis=-1).astype(q_BxTxNxH.dtype)
+  if prefix is not None:
+    probs_QxCxKxGxTxP = probs_BxKxGxTxS[..., :P].reshape(Q, C, K, G, T, P)
+    probs_BxKxGxTxS = probs_BxKxGxTxS[..., P:]
   out_BxKxGxTxH = jnp.einsum("bkgts,bksh->bkgth", probs_BxKxGxTxS,
                              v_BxKxSxH.astype(q_BxTxNxH.dtype))
+  if prefix is not None:
+    out_BxKxGxTxH = out_BxKxGxTxH + jnp.einsum(
+        "qckgtp,qkph->qckgth", probs_QxCxKxGxTxP,
+        v_QxKxPxH.astype(q_BxTxNxH.dtype)).reshape(B, K, G, T, H)
   return jnp.transpose(out_BxKxGxTxH, (0, 3, 1, 2, 4)).reshape(B, T, N, H)
 
 
@@ -100,11 +125,12 @@ class Attention(nnx.Module):
     v_BxTxKxH = self.v_proj(x_MxD).reshape(B, T, self.num_kv_heads, self.head_dim)
     q_BxTxNxH = rope.apply(q_BxTxNxH, cos_BxTxH, sin_BxTxH)
     k_BxTxKxH = rope.apply(k_BxTxKxH, cos_BxTxH, sin_BxTxH)
+    prefix = None
     if cache is not None:
       cache = cache.write(k_BxTxKxH, v_BxTxKxH, cache_index)
-      k_BxSxKxH, v_BxKxSxH = cache.k, cache.v
+      k_BxSxKxH, v_BxKxSxH, prefix = cache.k, cache.v, cache.prefix
     else:
       k_BxSxKxH, v_BxKxSxH = k_BxTxKxH, jnp.swapaxes(v_BxTxKxH, 1, 2)
-    out_BxTxNxH = attend(q_BxTxNxH, k_BxSxKxH, v_BxKxSxH, mask_BxTxS)
+    out_BxTxNxH = attend(q_BxTxNxH, k_BxSxKxH, v_BxKxSxH, mask_BxTxS, prefix)
     out_BxTxD = self.o_proj(out_BxTxNxH.reshape(B * T, self.num_heads * self.head_dim))
     return out_BxTxD.reshape(B, T, D), cache
