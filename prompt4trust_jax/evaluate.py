@@ -35,7 +35,6 @@ run its hint and answer text, per method its letter and confidence), `reliabilit
 the end).
 """
 
-import csv
 import dataclasses
 import json
 import os
@@ -48,7 +47,7 @@ import numpy as np
 from absl import logging
 
 from prompt4trust_jax import (abstention, baselines, calibration, data, downstream, hints, models,
-                              noise, parsing, plots, prompt_search, prompts, sharding, soft_prompt,
+                              noise, parsing, prompt_search, prompts, report, sharding, soft_prompt,
                               train)
 from prompt4trust_jax.models import tokenizer as tokenizer_lib
 
@@ -190,7 +189,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
 
   results, per_method = _score(config, stores, splits)
   if jax.process_index() == 0:
-    _write_outputs(config, workdir, splits["test"], runs, stores, results, per_method)
+    report.write(config, workdir, splits["test"], runs,
+                 {name: store.items for name, store in stores.items()}, results, per_method)
   return results
 
 
@@ -447,52 +447,6 @@ def _score(config, stores, splits):
         confidence, valid & (letter == gold_B), valid, num_bins=e.num_bins, binning=e.binning,
         bootstrap_samples=e.bootstrap_samples, seed=config.seed), **extra.get(m, {})}
   return results, per_method
-
-
-def _write_outputs(config, workdir, test, runs, stores, results, per_method):
-  gold_B = np.asarray([x["answer"] for x in test])
-  letters = (config.downstream.get("letters") or parsing.LETTERS) + "E"  # E: abstained
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump({"data": f"{config.data.name}:{config.data.split}", "num_items": len(test),
-               "downstream": config.downstream.path or f"random {config.downstream.random_shape}",
-               "mode": config.downstream.mode, "methods": results}, f, indent=1)
-  with open(os.path.join(workdir, "samples.csv"), "w", newline="") as f:
-    columns = ["id", "question", "options", "gold"]
-    columns += [f"{r.name}/{k}" for r in runs if r.split == "test" for k in ("hint", "text")]
-    columns += [f"{m}/{k}" for m in per_method for k in ("letter", "confidence")]
-    out = csv.writer(f)
-    out.writerow(columns)
-    for i, x in enumerate(test):
-      row = [x["id"], x["question"], "\n".join(x["options"]), letters[x["answer"]]]
-      for r in runs:
-        if r.split == "test":
-          item = stores[r.name].items[x["id"]]
-          row += [item["hint"] or "", item["texts"][0]]
-      for letter, confidence, valid in per_method.values():
-        row += [letters[letter[i]] if valid[i] else "", f"{confidence[i]:.4f}"]
-      out.writerow(row)
-  plots.reliability_diagram(
-      {m: (np.where(v, c, 1e-12), v & (letter == gold_B)) for m, (letter, c, v) in
-       per_method.items()}, os.path.join(workdir, "reliability.png"),
-      config.eval.num_bins, config.eval.binning)
-  table = markdown_table(results)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(table + "\n")
-  print(table)
-
-
-def markdown_table(results: dict[str, dict]) -> str:
-  """Method | n | accuracy | ECE [95% CI] | Brier | AUROC | invalid, over all samples."""
-  def ci(m, name):
-    lo, hi = m[f"all/{name}_ci"]
-    return f"{m[f'all/{name}']:.3f} [{lo:.3f}, {hi:.3f}]"
-  lines = ["| method | n | accuracy | ECE | Brier | AUROC | over-confident errors | invalid |",
-           "|---|---|---|---|---|---|---|---|"]
-  for name, m in results.items():
-    lines.append(f"| {name} | {m['all/count']} | {ci(m, 'accuracy')} | {ci(m, 'ece')} | "
-                 f"{ci(m, 'brier')} | {m['all/auroc']:.3f} | {m['all/overconfident_errors']:.3f}"
-                 f" | {m['invalid_rate']:.3f} |")
-  return "\n".join(lines)
 
 
 def _progress(name: str, total: int, done: int):
