@@ -46,10 +46,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from prompt4trust_jax import (abstention, baselines, calibration, data, downstream, hints, models,
-                              noise, parsing, prompt_search, prompts, report, sharding, soft_prompt,
-                              train)
-from prompt4trust_jax.models import tokenizer as tokenizer_lib
+from prompt4trust_jax import (abstention, baselines, calibration, data, downstream, hints, noise,
+                              parsing, prompt_search, prompts, report, sharding, soft_prompt, train)
 
 METHODS = ("no_hint", "fixed_hint", "prompt4trust", "csc", "csa", "entropy", "logit",
            "logit_scaled", "calibprompt", "abstain", "prompt_search")
@@ -224,9 +222,7 @@ def _check_settings(config, workdir: str):
 
 def _examples(config, workdir, split: str, num_examples: int = 0) -> list[dict]:
   """The first `num_examples` (0: all) examples of `split` in id order."""
-  d = config.data
-  records = data.source(d.name, split, data_dir=d.data_dir or os.path.join(workdir, "tfds"),
-                        manual_dir=d.manual_dir or None, strict=d.get("strict", False))
+  records = data.configured_source(config.data, split, workdir)
   n = len(records) if not num_examples else min(num_examples, len(records))
   # Sorted by id: the evaluated items and their batches do not depend on storage order.
   chosen = sorted(range(len(records)), key=lambda i: records[i]["id"])[:n]
@@ -238,17 +234,14 @@ class _Policy:
 
   def __init__(self, config, workdir, mesh):
     p = config.policy
-    self.base = train.model_dir(p, p.train_workdir or workdir, config.seed, vision=False)
-    # float32 parameters, as training keeps them (the trained ones are restored onto them).
-    self.model = models.from_pretrained(self.base, dtype=p.dtype, param_dtype="float32",
-                                        mesh=mesh)
+    # The trained parameters are restored onto the base model, loaded as training loads it.
+    self.model, self.tokenizer, self.eos, base = train.policy_model(
+        p, p.train_workdir or workdir, config.seed, mesh)
     if p.train_workdir:
       step = train.load_policy(p.train_workdir, self.model, p.get("step") or None)
       logging.info("Prompt4Trust policy: step %d of %s", step, p.train_workdir)
     else:
-      logging.warning("policy.train_workdir is empty: hints come from %s as it is.", self.base)
-    self.tokenizer = models.load_tokenizer(self.base)
-    self.eos = tokenizer_lib.stop_token_ids(self.tokenizer, self.base)
+      logging.warning("policy.train_workdir is empty: hints come from %s as it is.", base)
     self.max_new_tokens = p.max_new_tokens
 
   def hints(self, examples) -> list[str]:
@@ -392,6 +385,16 @@ def _save_search(path: str, cache: dict, best: str | None = None):
     os.replace(path + ".tmp", path)  # never a half-written cache
 
 
+def _first_answers(store: RunStore, examples) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(letter_B, confidence_B, valid_B) of each example's first sample."""
+  return tuple(_arrays(store, examples, k)[:, 0] for k in ("letters", "confidences", "valid"))
+
+
+def _option_logits(store: RunStore, examples) -> np.ndarray:
+  """Log option probabilities, floored at log 1e-12 so a 0 stays finite."""
+  return np.log(np.maximum(_arrays(store, examples, "option_probs")[:, 0], 1e-12))
+
+
 def _arrays(store: RunStore, examples, key: str, samples: int | None = None) -> np.ndarray:
   values = [store.items[x["id"]][key] for x in examples]
   return np.asarray([v[:samples] for v in values] if samples else values)
@@ -405,8 +408,7 @@ def _score(config, stores, splits):
   for m in method_names(config):
     base = m.split("@")[0]
     if base in _SINGLE or base == "rewrite":
-      s = stores[m]
-      per_method[m] = tuple(_arrays(s, test, k)[:, 0] for k in ("letters", "confidences", "valid"))
+      per_method[m] = _first_answers(stores[m], test)
     elif m in ("csc", "csa"):
       s, n = stores["samples"], e.consistency_samples
       letter, csc, csa, valid = baselines.sample_consistency(
@@ -421,20 +423,18 @@ def _score(config, stores, splits):
       probs_BxC = _arrays(stores["logit"], test, "option_probs")[:, 0]
       if m == "logit_scaled":
         val = splits["val"]
-        val_logits = np.log(np.maximum(_arrays(stores["logit_val"], val, "option_probs")[:, 0],
-                                       1e-12))
         temperature = float(calibration.fit_temperature(
-            jnp.asarray(val_logits), jnp.asarray([x["answer"] for x in val])))
+            jnp.asarray(_option_logits(stores["logit_val"], val)),
+            jnp.asarray([x["answer"] for x in val])))
         logging.info("logit_scaled: temperature %.4f fitted on %s", temperature,
                      config.data.val_split)
         extra[m] = {"temperature": temperature}
         probs_BxC = np.asarray(calibration.apply_temperature(
-            jnp.asarray(np.log(np.maximum(probs_BxC, 1e-12))), temperature))
+            jnp.asarray(_option_logits(stores["logit"], test)), temperature))
       per_method[m] = (probs_BxC.argmax(-1), probs_BxC.max(-1), np.ones(len(test), bool))
   if "abstain" in per_method:
     letter, _, valid = per_method["abstain"]
-    no_hint_letter, _, no_hint_valid = (_arrays(stores["no_hint"], test, k)[:, 0]
-                                        for k in ("letters", "confidences", "valid"))
+    no_hint_letter, _, no_hint_valid = _first_answers(stores["no_hint"], test)
     extra["abstain"] = abstention.abstention_metrics(
         letter, valid, gold_B, ~(no_hint_valid & (no_hint_letter == gold_B)))
   results = {}

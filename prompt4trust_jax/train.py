@@ -40,11 +40,18 @@ def model_dir(section, workdir: str, seed: int, vision: bool) -> str:
 
 def _data_iterator(config, workdir: str):
   """A Grain iterator over the configured split: lists of `questions_per_step` examples."""
-  d = config.data
-  records = data.source(d.name, d.split, data_dir=d.data_dir or os.path.join(workdir, "tfds"),
-                        manual_dir=d.manual_dir or None, strict=d.get("strict", False))
+  records = data.configured_source(config.data, config.data.split, workdir)
   # Every host reads the same questions: the rollout is computed whole on each host.
-  return iter(data.batches(records, d.questions_per_step, config.seed))
+  return iter(data.batches(records, config.data.questions_per_step, config.seed))
+
+
+def policy_model(section, workdir: str, seed: int, mesh=None):
+  """`(model, tokenizer, stop ids, path)` of the policy as training holds it: float32
+  parameters (the master copy; `section.dtype` is the compute dtype)."""
+  path = model_dir(section, workdir, seed, vision=False)
+  model = models.from_pretrained(path, dtype=section.dtype, param_dtype="float32", mesh=mesh)
+  tokenizer = models.load_tokenizer(path)
+  return model, tokenizer, tokenizer_lib.stop_token_ids(tokenizer, path), path
 
 
 def _checkpoints(workdir: str, keep: int | None = None) -> ocp.CheckpointManager:
@@ -105,11 +112,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   if config.get("distributed") is not None:
     sharding.initialize_distributed(**config.distributed)
   mesh = sharding.make_mesh(**config.mesh)
-  policy_dir = model_dir(config.policy, workdir, config.seed, vision=False)
-  policy = models.from_pretrained(policy_dir, dtype=config.policy.dtype, param_dtype="float32",
-                                  mesh=mesh)
-  tokenizer = models.load_tokenizer(policy_dir)
-  eos = tokenizer_lib.stop_token_ids(tokenizer, policy_dir)
+  policy, tokenizer, eos, _ = policy_model(config.policy, workdir, config.seed, mesh)
   d = config.downstream
   answerer = downstream.Downstream.from_pretrained(
       model_dir(d, workdir, config.seed, vision=True),

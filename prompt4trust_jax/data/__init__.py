@@ -1,3 +1,4 @@
 """Data sets (TFDS builders without TensorFlow), the Grain input pipeline and fixtures."""
 
-from prompt4trust_jax.data.pipeline import BUILDERS, FIXTURE_DIR, batches, decode, source
+from prompt4trust_jax.data.pipeline import (BUILDERS, FIXTURE_DIR, batches, configured_source,
+                                            decode, source)

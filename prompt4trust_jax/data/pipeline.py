@@ -43,6 +43,14 @@ def source(name: str, split: str, data_dir: str, manual_dir: str | None = None,
       download_and_prepare_kwargs={"download_config": download_config})
 
 
+def configured_source(data_config, split: str, workdir: str) -> Sequence[dict]:
+  """`source` from a config's `data` section (name, data_dir, manual_dir, strict);
+  data_dir defaults to `<workdir>/tfds`."""
+  d = data_config
+  return source(d.name, split, data_dir=d.data_dir or os.path.join(workdir, "tfds"),
+                manual_dir=d.manual_dir or None, strict=d.get("strict", False))
+
+
 def decode(record: dict) -> dict:
   """A stored record -> an example (text as str, the image decoded to RGB)."""
   text = lambda v: v.decode("utf-8") if isinstance(v, bytes) else v
