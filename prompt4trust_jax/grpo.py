@@ -8,10 +8,12 @@ scaled) policy; `old_logp` comes from the sampler at generation time, so with
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _group(rewards_B: jax.Array, group_size: int) -> jax.Array:
@@ -145,9 +147,46 @@ def token_logprobs(logits_BxNxV: jax.Array, targets_BxN: jax.Array, temperature:
   """Log-probability of each target and the entropy `[B, N]` under logits / temperature.
 
   `logits_BxNxV[:, t]` is the distribution that produced `targets_BxN[:, t]`, the
-  same quantity the sampler records for what it emitted.
+  same quantity the sampler records for what it emitted. Differentiable in the logits
+  (both outputs) with a hand-written VJP: autodiff of log_softmax writes the full
+  `[B, N, V]` log-probabilities, their exponential and a scattered one-hot, ~4 passes
+  over the largest tensor of the update; the VJP below makes one.
   """
-  logprobs_BxNxV = jax.nn.log_softmax(logits_BxNxV.astype(jnp.float32) / temperature)
-  logp_BxN = jnp.take_along_axis(logprobs_BxNxV, targets_BxN[..., None], axis=-1)[..., 0]
-  entropy_BxN = -(jnp.exp(logprobs_BxNxV) * logprobs_BxNxV).sum(-1)
+  return _token_logprobs(logits_BxNxV, targets_BxN, float(temperature))
+
+
+def _logprob_stats(logits_BxNxV, targets_BxN, temperature):
+  z_BxNxV = logits_BxNxV.astype(jnp.float32) / temperature
+  lse_BxN = jax.nn.logsumexp(z_BxNxV, axis=-1)
+  target_BxN = jnp.take_along_axis(z_BxNxV, targets_BxN[..., None], axis=-1)[..., 0]
+  # E_p[z] in one more pass; entropy = lse - E_p[z].
+  mean_z_BxN = (jnp.exp(z_BxNxV - lse_BxN[..., None]) * z_BxNxV).sum(-1)
+  return target_BxN - lse_BxN, lse_BxN - mean_z_BxN, lse_BxN
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _token_logprobs(logits_BxNxV, targets_BxN, temperature):
+  logp_BxN, entropy_BxN, _ = _logprob_stats(logits_BxNxV, targets_BxN, temperature)
   return logp_BxN, entropy_BxN
+
+
+def _token_logprobs_fwd(logits_BxNxV, targets_BxN, temperature):
+  logp_BxN, entropy_BxN, lse_BxN = _logprob_stats(logits_BxNxV, targets_BxN, temperature)
+  return (logp_BxN, entropy_BxN), (logits_BxNxV, targets_BxN, lse_BxN, entropy_BxN)
+
+
+def _token_logprobs_bwd(temperature, residuals, cotangents):
+  logits_BxNxV, targets_BxN, lse_BxN, entropy_BxN = residuals
+  g_logp_BxN, g_entropy_BxN = cotangents
+  z_BxNxV = logits_BxNxV.astype(jnp.float32) / temperature
+  p_BxNxV = jnp.exp(z_BxNxV - lse_BxN[..., None])
+  onehot_BxNxV = jnp.arange(z_BxNxV.shape[-1]) == targets_BxN[..., None]
+  mean_z_BxN = lse_BxN - entropy_BxN
+  # d logp / dz = onehot - p;  d entropy / dz = p * (E_p[z] - z).
+  dz_BxNxV = (g_logp_BxN[..., None] * (onehot_BxNxV - p_BxNxV)
+              + g_entropy_BxN[..., None] * p_BxNxV * (mean_z_BxN[..., None] - z_BxNxV))
+  targets_ct = np.zeros(targets_BxN.shape, jax.dtypes.float0)
+  return (dz_BxNxV / temperature).astype(logits_BxNxV.dtype), targets_ct
+
+
+_token_logprobs.defvjp(_token_logprobs_fwd, _token_logprobs_bwd)

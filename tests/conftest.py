@@ -13,6 +13,12 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest  # noqa: E402
 
+from prompt4trust_jax import host_memory  # noqa: E402
+
+# As the launchers do: XLA:CPU and torch reuse freed buffers instead of page-faulting
+# fresh ones in on every call (see host_memory.py); before JAX or torch start threads.
+host_memory.retain_freed_memory()
+
 from tests import hf_oracle  # noqa: E402
 
 
