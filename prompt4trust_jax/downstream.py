@@ -192,10 +192,10 @@ class Downstream:
                                                      self.pad_token_id)
     max_new = self.trie.max_depth if self.trie is not None else cfg.max_new_tokens
     graphdef, state = nnx.split(self.model)
-    return _prefill_and_emit(graphdef, state, tokens, mask, positions, image_embeds, suffix_tokens,
-                  suffix_mask, rng, self.trie, copies=copies,
-                  cache_length=tokens.shape[1] + suffix_length + max_new, max_new_tokens=max_new,
-                  params=self._params())
+    return _prefill_and_emit(graphdef, state, sampling.decode_head(self.model), tokens, mask,
+                             positions, image_embeds, suffix_tokens, suffix_mask, rng, self.trie,
+                             copies=copies, cache_length=tokens.shape[1] + suffix_length + max_new,
+                             max_new_tokens=max_new, params=self._params())
 
   def _params(self) -> sampling.SamplingParams:
     cfg = self.config
@@ -205,14 +205,15 @@ class Downstream:
 
   def _finish(self, state, rng):
     graphdef, weights = nnx.split(self.model)
+    head_DxV = sampling.decode_head(self.model)
     total = state.tokens_BxN.shape[1]
     if self.trie is not None:
-      return _decode_chunk(graphdef, weights, state, rng, self.trie, steps=total,
+      return _decode_chunk(graphdef, weights, head_DxV, state, rng, self.trie, steps=total,
                            params=self._params())
     parser = parsing.get_parser(self.config.parser)
     while True:
-      state = _decode_chunk(graphdef, weights, state, rng, None, steps=self.config.check_every,
-                        params=self._params())
+      state = _decode_chunk(graphdef, weights, head_DxV, state, rng, None,
+                            steps=self.config.check_every, params=self._params())
       step, done = int(state.step), np.array(state.done_B)
       if step >= total or done.all():
         return state
@@ -263,9 +264,10 @@ def _branch_letters(trie: constraints.ChoiceTrie, completion_letters: list[str],
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "copies", "cache_length",
                                              "max_new_tokens", "params"))
-def _prefill_and_emit(graphdef, state, tokens_QxP, mask_QxP, positions, image_embeds_IxD, suffix_BxT,
-           suffix_mask_BxT, rng, trie, *, copies: int, cache_length: int, max_new_tokens: int,
-           params: sampling.SamplingParams) -> sampling.DecodeState:
+def _prefill_and_emit(graphdef, state, head_DxV, tokens_QxP, mask_QxP, positions,
+                      image_embeds_IxD, suffix_BxT, suffix_mask_BxT, rng, trie, *, copies: int,
+                      cache_length: int, max_new_tokens: int,
+                      params: sampling.SamplingParams) -> sampling.DecodeState:
   """Prefills prefixes, shares each with `copies` rows, prefills suffixes, emits a token."""
   model = nnx.merge(graphdef, state)
   Q, P = tokens_QxP.shape
@@ -287,13 +289,12 @@ def _prefill_and_emit(graphdef, state, tokens_QxP, mask_QxP, positions, image_em
                                 suffix_mask_BxT)
     h_QxD = jnp.where(suffix_mask_BxT.any(axis=-1)[:, None], h_BxD, h_QxD)
     s = s.replace(done_B=s.done_B | ~suffix_mask_BxT.any(axis=-1))
-  head_DxV = sampling.decode_head(model)
   return sampling.emit(s, model.logits(h_QxD, head_DxV), jax.random.fold_in(rng, 0), params, trie)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "steps", "params"),
                    donate_argnames=("decode_state",))
-def _decode_chunk(graphdef, state, decode_state, rng, trie, *, steps: int,
-              params: sampling.SamplingParams) -> sampling.DecodeState:
+def _decode_chunk(graphdef, state, head_DxV, decode_state, rng, trie, *, steps: int,
+                  params: sampling.SamplingParams) -> sampling.DecodeState:
   model = nnx.merge(graphdef, state)
-  return sampling.decode(model, decode_state, rng, params, sampling.decode_head(model), steps, trie)
+  return sampling.decode(model, decode_state, rng, params, head_DxV, steps, trie)

@@ -127,8 +127,13 @@ def test_bad_arguments_are_named(model, prompts, kwargs, match):
 
 
 def test_buckets():
-  assert [sampling.bucket_length(n) for n in (1, 16, 17, 100, 512, 513)] == [16, 16, 32, 128, 512,
-                                                                             1024]
+  lengths = (1, 16, 17, 44, 64, 65, 100, 128, 129, 311, 512, 513)
+  assert [sampling.bucket_length(n) for n in lengths] == [16, 16, 24, 48, 64, 80, 112, 128, 160,
+                                                          320, 512, 640]
+  # Beyond 32 tokens padding stays under a quarter of the length, with 4 buckets per doubling.
+  buckets = {sampling.bucket_length(n) for n in range(1, 4097)}
+  assert all(sampling.bucket_length(n) < 1.25 * n for n in range(33, 4097))
+  assert len([b for b in buckets if 1024 < b <= 2048]) == 4
   assert [sampling.bucket_batch(n) for n in (1, 3, 8, 9)] == [1, 4, 8, 16]
 
 
@@ -166,3 +171,22 @@ def test_inverse_cdf_categorical_matches_the_distribution():
 def test_argmax_takes_the_first_maximum():
   x = jnp.array([[1.0, 3.0, 3.0, 0.0], [5.0, 5.0, 5.0, 5.0], [-1.0, -2.0, -1.0, -0.5]])
   np.testing.assert_array_equal(sampling.argmax(x), jnp.argmax(x, axis=-1))
+
+
+def test_tied_decode_head_is_laid_out_once_per_embedding_table():
+  from flax import nnx
+  from prompt4trust_jax import fixtures
+  model = models.Qwen2ForCausalLM(fixtures.shape_config("tiny"), rngs=nnx.Rngs(0))
+  assert model.tied_embedding() is not None
+  head = sampling.decode_head(model)
+  np.testing.assert_array_equal(head, model.model.embed_tokens.embedding[...].T)
+  assert sampling.decode_head(model) is head  # reused, not recomputed
+  # New weights (an optimizer step): a new layout, and the old one is dropped with its table.
+  old_key = id(model.model.embed_tokens.embedding[...])
+  model.model.embed_tokens.embedding[...] = model.model.embed_tokens.embedding[...] * 2
+  new_head = sampling.decode_head(model)
+  np.testing.assert_array_equal(new_head, 2 * head)
+  assert old_key not in sampling._TRANSPOSED_HEADS
+  # Inside jit the head is computed from the traced table, never cached.
+  traced = jax.jit(lambda m: sampling.decode_head(m))(model)
+  np.testing.assert_array_equal(traced, new_head)

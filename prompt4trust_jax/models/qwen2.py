@@ -174,10 +174,14 @@ class DecoderLM(nnx.Module):
     """Hidden states for new input embeddings written into `cache` at `cache_index`."""
     return self.model(x_BxTxD, positions, mask_BxTxS, cache, cache_index)
 
+  def tied_embedding(self) -> jax.Array | None:
+    """The embedding table `[V, D]` when the LM head is tied to it, else None."""
+    return self.model.embed_tokens.embedding[...] if self.lm_head is None else None
+
   def lm_head_kernel(self) -> jax.Array:
     """The output projection `[D, V]` (the embedding table transposed when tied)."""
     if self.lm_head is None:
-      return self.model.embed_tokens.embedding[...].T
+      return self.tied_embedding().T
     return self.lm_head.kernel[...]
 
   def logits(self, h_BxTxD: jax.Array, head_DxV: jax.Array | None = None) -> jax.Array:
