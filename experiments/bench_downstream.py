@@ -18,7 +18,7 @@ from absl import app, flags
 from PIL import Image
 
 from experiments import timing
-from prompt4trust_jax import downstream, fixtures, host_memory, images
+from prompt4trust_jax import downstream, fixtures, images
 
 _SHAPE = flags.DEFINE_enum("shape", "small", ["tiny", "small"], "Model shape.")
 _IMAGES = flags.DEFINE_integer("images", 8, "Questions (one image each) per step.")
@@ -88,7 +88,7 @@ def _hf_answers_per_s(path, ds, items, hints, mode):
 
 def main(argv):
   del argv
-  host_memory.retain_freed_memory()  # before JAX starts its thread pools
+  timing.setup_host()
   path = tempfile.mkdtemp()
   fixtures.write_random_qwen2_vl(path, fixtures.vl_shape_config(_SHAPE.value),
                                  image_config=images.ImageConfig(max_pixels=_SIZE.value**2))

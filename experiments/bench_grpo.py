@@ -17,7 +17,8 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from prompt4trust_jax import fixtures, grpo, host_memory, models, sampling, update
+from experiments import timing
+from prompt4trust_jax import fixtures, grpo, models, sampling, update
 
 _SHAPE = flags.DEFINE_enum("shape", "small", ["tiny", "small"], "Policy shape.")
 _PROMPTS = flags.DEFINE_integer("prompts", 2, "Prompts per step.")
@@ -116,7 +117,7 @@ def _trl(config, prompts) -> float:
 
 def main(argv):
   del argv
-  host_memory.retain_freed_memory()  # before JAX starts its thread pools
+  timing.setup_host()
   config = fixtures.shape_config(_SHAPE.value)
   rng = np.random.default_rng(0)
   prompts = rng.integers(10, 200, (_PROMPTS.value, _PROMPT_LEN.value)).tolist()

@@ -16,7 +16,7 @@ from absl import app, flags
 from flax import nnx
 
 from experiments import timing
-from prompt4trust_jax import fixtures, host_memory, models, sampling
+from prompt4trust_jax import fixtures, models, sampling
 
 _SHAPE = flags.DEFINE_enum("shape", "small", ["tiny", "small", "qwen2p5_1p5b"], "Model shape.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Prompts per call.")
@@ -72,7 +72,7 @@ def _hf_tokens_per_s(config, prompts):
 
 def main(argv):
   del argv
-  host_memory.retain_freed_memory()  # before JAX starts its thread pools
+  timing.setup_host()
   config = _config()
   model = models.Qwen2ForCausalLM(config, rngs=nnx.Rngs(0))
   prompts = np.random.default_rng(0).integers(

@@ -156,12 +156,18 @@ def token_logprobs(logits_BxNxV: jax.Array, targets_BxN: jax.Array, temperature:
 
 
 def _logprob_stats(logits_BxNxV, targets_BxN, temperature):
-  z_BxNxV = logits_BxNxV.astype(jnp.float32) / temperature
-  lse_BxN = jax.nn.logsumexp(z_BxNxV, axis=-1)
+  z_BxNxV = logits_BxNxV.astype(jnp.float32)
+  if temperature != 1.0:
+    z_BxNxV = z_BxNxV / temperature
+  max_BxN = jax.lax.stop_gradient(z_BxNxV.max(-1))
+  # Both sums share exp(z - max), one pass (written unlike the backward's exp(z - lse),
+  # which XLA would otherwise merge with it into a materialised [B, N, V] array).
+  e_BxNxV = jnp.exp(z_BxNxV - max_BxN[..., None])
+  sum_BxN, weighted_BxN = e_BxNxV.sum(-1), (e_BxNxV * z_BxNxV).sum(-1)
+  lse_BxN = max_BxN + jnp.log(sum_BxN)
   target_BxN = jnp.take_along_axis(z_BxNxV, targets_BxN[..., None], axis=-1)[..., 0]
-  # E_p[z] in one more pass; entropy = lse - E_p[z].
-  mean_z_BxN = (jnp.exp(z_BxNxV - lse_BxN[..., None]) * z_BxNxV).sum(-1)
-  return target_BxN - lse_BxN, lse_BxN - mean_z_BxN, lse_BxN
+  # entropy = lse - E_p[z]
+  return target_BxN - lse_BxN, lse_BxN - weighted_BxN / sum_BxN, lse_BxN
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -178,7 +184,9 @@ def _token_logprobs_fwd(logits_BxNxV, targets_BxN, temperature):
 def _token_logprobs_bwd(temperature, residuals, cotangents):
   logits_BxNxV, targets_BxN, lse_BxN, entropy_BxN = residuals
   g_logp_BxN, g_entropy_BxN = cotangents
-  z_BxNxV = logits_BxNxV.astype(jnp.float32) / temperature
+  z_BxNxV = logits_BxNxV.astype(jnp.float32)
+  if temperature != 1.0:
+    z_BxNxV = z_BxNxV / temperature
   p_BxNxV = jnp.exp(z_BxNxV - lse_BxN[..., None])
   onehot_BxNxV = jnp.arange(z_BxNxV.shape[-1]) == targets_BxN[..., None]
   mean_z_BxN = lse_BxN - entropy_BxN
@@ -186,7 +194,9 @@ def _token_logprobs_bwd(temperature, residuals, cotangents):
   dz_BxNxV = (g_logp_BxN[..., None] * (onehot_BxNxV - p_BxNxV)
               + g_entropy_BxN[..., None] * p_BxNxV * (mean_z_BxN[..., None] - z_BxNxV))
   targets_ct = np.zeros(targets_BxN.shape, jax.dtypes.float0)
-  return (dz_BxNxV / temperature).astype(logits_BxNxV.dtype), targets_ct
+  if temperature != 1.0:
+    dz_BxNxV = dz_BxNxV / temperature
+  return dz_BxNxV.astype(logits_BxNxV.dtype), targets_ct
 
 
 _token_logprobs.defvjp(_token_logprobs_fwd, _token_logprobs_bwd)

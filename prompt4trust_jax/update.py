@@ -61,8 +61,10 @@ def completion_logprobs(model, tokens_BxL, attention_mask_BxL, completion_length
   mask_BxTxS = kv_cache_lib.attention_mask(attention_mask_BxL, 0, L)
   h_BxLxD, _ = model.step(model.embed(tokens_BxL), qwen2.positions_from_mask(attention_mask_BxL),
                           mask_BxTxS, None, 0)
-  logits_BxNxV = model.logits(h_BxLxD[:, L - completion_length - 1:L - 1])
-  return grpo.token_logprobs(logits_BxNxV, tokens_BxL[:, L - completion_length:], temperature)
+  # logits / T as (h / T) @ head: the matmul writes the tempered logits directly instead
+  # of a further pass over the [B, N, V] tensor (forward and backward).
+  h_BxNxD = h_BxLxD[:, L - completion_length - 1:L - 1] * (1.0 / temperature)
+  return grpo.token_logprobs(model.logits(h_BxNxD), tokens_BxL[:, L - completion_length:])
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "completion_length", "temperature"))
