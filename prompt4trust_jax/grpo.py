@@ -150,15 +150,20 @@ def token_logprobs(logits_BxNxV: jax.Array, targets_BxN: jax.Array, temperature:
   same quantity the sampler records for what it emitted. Differentiable in the logits
   (both outputs) with a hand-written VJP: autodiff of log_softmax writes the full
   `[B, N, V]` log-probabilities, their exponential and a scattered one-hot, ~4 passes
-  over the largest tensor of the update; the VJP below makes one.
+  over the largest tensor of the update; here the forward makes one exp pass and the
+  backward one fused pass. Callers that can should fold 1 / temperature into what
+  produces the logits (`update.completion_logprobs` scales the hidden state).
   """
   return _token_logprobs(logits_BxNxV, targets_BxN, float(temperature))
 
 
-def _logprob_stats(logits_BxNxV, targets_BxN, temperature):
+def _tempered(logits_BxNxV, temperature):
   z_BxNxV = logits_BxNxV.astype(jnp.float32)
-  if temperature != 1.0:
-    z_BxNxV = z_BxNxV / temperature
+  return z_BxNxV if temperature == 1.0 else z_BxNxV / temperature
+
+
+def _logprob_stats(logits_BxNxV, targets_BxN, temperature):
+  z_BxNxV = _tempered(logits_BxNxV, temperature)
   max_BxN = jax.lax.stop_gradient(z_BxNxV.max(-1))
   # Both sums share exp(z - max), one pass (written unlike the backward's exp(z - lse),
   # which XLA would otherwise merge with it into a materialised [B, N, V] array).
@@ -184,9 +189,7 @@ def _token_logprobs_fwd(logits_BxNxV, targets_BxN, temperature):
 def _token_logprobs_bwd(temperature, residuals, cotangents):
   logits_BxNxV, targets_BxN, lse_BxN, entropy_BxN = residuals
   g_logp_BxN, g_entropy_BxN = cotangents
-  z_BxNxV = logits_BxNxV.astype(jnp.float32)
-  if temperature != 1.0:
-    z_BxNxV = z_BxNxV / temperature
+  z_BxNxV = _tempered(logits_BxNxV, temperature)
   p_BxNxV = jnp.exp(z_BxNxV - lse_BxN[..., None])
   onehot_BxNxV = jnp.arange(z_BxNxV.shape[-1]) == targets_BxN[..., None]
   mean_z_BxN = lse_BxN - entropy_BxN
@@ -195,7 +198,7 @@ def _token_logprobs_bwd(temperature, residuals, cotangents):
               + g_entropy_BxN[..., None] * p_BxNxV * (mean_z_BxN[..., None] - z_BxNxV))
   targets_ct = np.zeros(targets_BxN.shape, jax.dtypes.float0)
   if temperature != 1.0:
-    dz_BxNxV = dz_BxNxV / temperature
+    dz_BxNxV = dz_BxNxV / temperature  # d z / d logits
   return dz_BxNxV.astype(logits_BxNxV.dtype), targets_ct
 
 
