@@ -57,9 +57,10 @@ def _ours(config, prompts) -> float:
                          old_logp_BxN=jnp.asarray(out.logprobs_BxN),
                          advantages_B=grpo.advantages(rewards, G))
     batch = batch.replace(ref_logp_BxN=update.reference_logprobs(
-        graphdef, reference, batch.tokens_BxL, batch.attention_mask_BxL, N, SAMPLING["temperature"]))
+        graphdef, reference, batch.tokens_BxL, batch.attention_mask_BxL, N, SAMPLING["temperature"],
+        group_size=G))  # each prompt's forward computed once for its G completions
     state, metrics = update.train_step(state, batch, config=loss_config,
-                                       temperature=SAMPLING["temperature"])
+                                       temperature=SAMPLING["temperature"], group_size=G)
     jax.block_until_ready(metrics["loss"])
     return state
 

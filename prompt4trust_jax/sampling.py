@@ -213,12 +213,7 @@ def share(state: DecodeState, copies: int, cache_length: int) -> DecodeState:
   def repeat(x):
     return x if x.ndim == 0 else jnp.repeat(x, copies, axis=0)
   B = state.kv_valid_BxS.shape[0] * copies
-  cache = tuple(
-      kv_cache_lib.LayerCache(
-          k=jnp.zeros((B, cache_length, *layer.k.shape[2:]), layer.k.dtype),
-          v=jnp.zeros((B, layer.v.shape[1], cache_length, layer.v.shape[3]), layer.v.dtype),
-          prefix_k=layer.k, prefix_v=layer.v, prefix_valid=state.kv_valid_BxS)
-      for layer in state.cache)
+  cache = kv_cache_lib.shared(state.cache, state.kv_valid_BxS, copies, cache_length)
   rows = jax.tree.map(repeat, state.replace(cache=(), kv_valid_BxS=jnp.zeros((0,), bool)))
   return rows.replace(cache=cache, kv_valid_BxS=jnp.zeros((B, cache_length), bool),
                       slot=jnp.int32(0))

@@ -131,7 +131,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                         config.optimizer.max_grad_norm)
   state, step_fn = update.sharded_train_step(
       update.TrainState.create(policy, tx), mesh, config=loss_config,
-      temperature=config.sampling.temperature, micro_batches=g.micro_batches)
+      temperature=config.sampling.temperature, micro_batches=g.micro_batches,
+      group_size=config.sampling.num_generations)
 
   manager = _checkpoints(workdir, config.train.keep_checkpoints)
   batches = _data_iterator(config, workdir)
@@ -213,6 +214,6 @@ def _rollout(config, state, answerer, tokenizer, eos, reward_spec, reference, ex
   if reference is not None:
     batch = batch.replace(ref_logp_BxN=update.reference_logprobs(
         state.graphdef, reference, batch.tokens_BxL, batch.attention_mask_BxL, N,
-        config.sampling.temperature))
+        config.sampling.temperature, group_size=G))
   info["hint_length/mean"] = float(out.lengths_B.mean())
   return batch, info

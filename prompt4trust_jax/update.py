@@ -52,35 +52,70 @@ def optimizer(learning_rate: float | optax.Schedule = 1e-6, weight_decay: float 
 
 
 def completion_logprobs(model, tokens_BxL, attention_mask_BxL, completion_length: int,
-                        temperature: float = 1.0):
+                        temperature: float = 1.0, group_size: int = 1):
   """Per-token log-probs and entropies `[B, N]` of the last N tokens under the policy.
 
-  Only the positions that predict completion tokens go through the LM head.
+  Only the positions that predict completion tokens go through the LM head. With
+  `group_size` G > 1, rows g*G .. g*G + G-1 must share their prompt (the first L - N
+  tokens and mask, as a GRPO rollout's G completions do): each prompt then runs once
+  and its G completions attend to its keys/values as a shared prefix (`kv_cache.shared`)
+  instead of recomputing it G times. Same values, up to float rounding.
   """
   L = tokens_BxL.shape[1]
-  mask_BxTxS = kv_cache_lib.attention_mask(attention_mask_BxL, 0, L)
-  h_BxLxD, _ = model.step(model.embed(tokens_BxL), qwen2.positions_from_mask(attention_mask_BxL),
-                          mask_BxTxS, None, 0)
+  N = completion_length
+  if group_size > 1 and L > N:
+    h_BxNxD = _grouped_hidden(model, tokens_BxL, attention_mask_BxL, N, group_size)
+  else:
+    mask_BxTxS = kv_cache_lib.attention_mask(attention_mask_BxL, 0, L)
+    h_BxLxD, _ = model.step(model.embed(tokens_BxL),
+                            qwen2.positions_from_mask(attention_mask_BxL), mask_BxTxS, None, 0)
+    h_BxNxD = h_BxLxD[:, L - N - 1:L - 1]
   # logits / T as (h / T) @ head: the matmul writes the tempered logits directly instead
   # of a further pass over the [B, N, V] tensor (forward and backward).
-  h_BxNxD = h_BxLxD[:, L - completion_length - 1:L - 1] * (1.0 / temperature)
-  return grpo.token_logprobs(model.logits(h_BxNxD), tokens_BxL[:, L - completion_length:])
+  return grpo.token_logprobs(model.logits(h_BxNxD * (1.0 / temperature)), tokens_BxL[:, L - N:])
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "completion_length", "temperature"))
+def _grouped_hidden(model, tokens_BxL, attention_mask_BxL, N: int, G: int):
+  """Hidden states `[B, N, D]` predicting the completions, each prompt computed once."""
+  B, L = tokens_BxL.shape
+  if B % G:
+    raise ValueError(f"A batch of {B} completions does not split into groups of {G}.")
+  P = L - N
+  prompt_QxP, prompt_mask_QxP = tokens_BxL[::G, :P], attention_mask_BxL[::G, :P]
+  cache = model.init_cache(B // G, P)
+  h_QxPxD, cache = model.step(
+      model.embed(prompt_QxP), qwen2.positions_from_mask(prompt_mask_QxP),
+      kv_cache_lib.attention_mask(prompt_mask_QxP, 0, P), cache, 0)
+  completion_mask_BxN = attention_mask_BxL[:, P:]
+  # Positions count real tokens, as positions_from_mask over the whole row would.
+  prompt_length_B = jnp.repeat(prompt_mask_QxP.astype(jnp.int32).sum(-1), G)
+  positions_BxN = jnp.maximum(
+      prompt_length_B[:, None] + jnp.cumsum(completion_mask_BxN.astype(jnp.int32), -1) - 1, 0)
+  h_BxNxD, _ = model.step(
+      model.embed(tokens_BxL[:, P:]), positions_BxN,
+      kv_cache_lib.attention_mask(completion_mask_BxN, 0, N),
+      kv_cache_lib.shared(cache, prompt_mask_QxP, G, N), 0)
+  # The last prompt position (a real token: prompts are left padded) predicts the first.
+  first_Bx1xD = jnp.repeat(h_QxPxD[:, -1:], G, axis=0)
+  return jnp.concatenate([first_Bx1xD, h_BxNxD[:, :-1]], axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "completion_length", "temperature",
+                                             "group_size"))
 def reference_logprobs(graphdef, params, tokens_BxL, attention_mask_BxL, completion_length: int,
-                       temperature: float = 1.0) -> jax.Array:
+                       temperature: float = 1.0, group_size: int = 1) -> jax.Array:
   """The frozen reference's per-token log-probs `[B, N]`, once per rollout (for the KL)."""
   model = nnx.merge(graphdef, params)
   return completion_logprobs(model, tokens_BxL, attention_mask_BxL, completion_length,
-                             temperature)[0]
+                             temperature, group_size)[0]
 
 
-def _loss_fn(params, graphdef, batch: Batch, config: grpo.LossConfig, temperature: float):
+def _loss_fn(params, graphdef, batch: Batch, config: grpo.LossConfig, temperature: float,
+             group_size: int):
   model = nnx.merge(graphdef, params)
   N = batch.completion_mask_BxN.shape[1]
   logp_BxN, entropy_BxN = completion_logprobs(model, batch.tokens_BxL, batch.attention_mask_BxL,
-                                              N, temperature)
+                                              N, temperature, group_size)
   value, metrics = grpo.loss(logp_BxN, batch.old_logp_BxN, batch.advantages_B,
                              batch.completion_mask_BxN, config, batch.ref_logp_BxN)
   mask = batch.completion_mask_BxN.astype(jnp.float32)
@@ -89,22 +124,26 @@ def _loss_fn(params, graphdef, batch: Batch, config: grpo.LossConfig, temperatur
 
 
 def _train_step(state: TrainState, batch: Batch, *, config: grpo.LossConfig,
-                temperature: float = 1.0, micro_batches: int = 1):
+                temperature: float = 1.0, micro_batches: int = 1, group_size: int = 1):
   """One optimizer step on `batch`, accumulating gradients over `micro_batches` slices.
 
   As in TRL, each micro-batch's loss is normalised on its own and the gradients averaged.
+  `group_size` G > 1 computes each group's shared prompt once (`completion_logprobs`).
   """
   grad_fn = jax.value_and_grad(_loss_fn, has_aux=True)
   if micro_batches == 1:
-    (_, metrics), grads = grad_fn(state.params, state.graphdef, batch, config, temperature)
+    (_, metrics), grads = grad_fn(state.params, state.graphdef, batch, config, temperature,
+                                  group_size)
   else:
-    if batch.tokens_BxL.shape[0] % micro_batches:
-      raise ValueError(f"A batch of {batch.tokens_BxL.shape[0]} does not split into "
-                       f"{micro_batches} micro-batches.")
+    B = batch.tokens_BxL.shape[0]
+    if B % (micro_batches * group_size):
+      raise ValueError(f"A batch of {B} does not split into {micro_batches} micro-batches of "
+                       f"whole groups of {group_size}.")
     split = jax.tree.map(lambda x: x.reshape(micro_batches, -1, *x.shape[1:]), batch)
 
     def accumulate(grads, micro):
-      (_, metrics), g = grad_fn(state.params, state.graphdef, micro, config, temperature)
+      (_, metrics), g = grad_fn(state.params, state.graphdef, micro, config, temperature,
+                                group_size)
       return jax.tree.map(jnp.add, grads, g), metrics
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
@@ -128,7 +167,8 @@ def _train_step(state: TrainState, batch: Batch, *, config: grpo.LossConfig,
                        opt_state=opt_state), metrics
 
 
-train_step = jax.jit(_train_step, static_argnames=("config", "temperature", "micro_batches"),
+train_step = jax.jit(_train_step,
+                     static_argnames=("config", "temperature", "micro_batches", "group_size"),
                      donate_argnames=("state",))
 train_step.__doc__ = _train_step.__doc__
 
@@ -143,14 +183,14 @@ def state_shardings(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
 
 
 def sharded_train_step(state: TrainState, mesh: jax.sharding.Mesh, *, config: grpo.LossConfig,
-                       temperature: float = 1.0, micro_batches: int = 1):
+                       temperature: float = 1.0, micro_batches: int = 1, group_size: int = 1):
   """`(state placed on mesh, step_fn)`: `step_fn(state, batch)` is `train_step` jitted with
   explicit in/out shardings (batch split over data x fsdp) and the state donated."""
   state_sh = state_shardings(state, mesh)
   batch_sh = sharding_lib.batch_sharding(mesh)
   jitted = jax.jit(
       functools.partial(_train_step, config=config, temperature=temperature,
-                        micro_batches=micro_batches),
+                        micro_batches=micro_batches, group_size=group_size),
       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, sharding_lib.replicated(mesh)),
       donate_argnums=0)
   devices = mesh.shape["data"] * mesh.shape["fsdp"]

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from prompt4trust_jax import grpo, models, sampling, update
@@ -132,3 +133,51 @@ def test_bfloat16_compute_keeps_float32_master_weights():
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.opt_state)
              if hasattr(x, "dtype") and x.ndim > 0)
+
+
+def test_grouped_prompts_give_the_same_logprobs_gradients_and_step():
+  # Prompts of different lengths (left padded) and completions that end early (right
+  # padded after EOS), as train._rollout builds them; G completions per prompt.
+  rng = np.random.default_rng(5)
+  P, N, Gs = 6, 5, 3
+  prompts = [rng.integers(1, 64, n).tolist() for n in (6, 3, 4, 2)]
+  tokens_QxP, mask_QxP = sampling.left_pad(prompts, P, len(prompts), 0)
+  completions_BxN = rng.integers(1, 64, (len(prompts) * Gs, N))
+  lengths_B = rng.integers(1, N + 1, len(prompts) * Gs)
+  completion_mask_BxN = (np.arange(N)[None] < lengths_B[:, None]).astype(np.int32)
+  tokens = jnp.asarray(np.concatenate([np.repeat(tokens_QxP, Gs, 0), completions_BxN], 1))
+  mask = jnp.asarray(np.concatenate([np.repeat(mask_QxP, Gs, 0), completion_mask_BxN], 1))
+  model = models.Qwen2ForCausalLM(TOY, rngs=nnx.Rngs(3))
+  graphdef, params = nnx.split(model)
+
+  def logprobs(params, group_size):
+    return update.completion_logprobs(nnx.merge(graphdef, params), tokens, mask, N, 0.7,
+                                      group_size)
+
+  full, grouped = logprobs(params, 1), logprobs(params, Gs)
+  real = completion_mask_BxN > 0
+  for a, b in zip(full, grouped):
+    np.testing.assert_allclose(np.asarray(a)[real], np.asarray(b)[real], atol=2e-5)
+  weights = jnp.asarray(rng.normal(size=(len(prompts) * Gs, N)) * completion_mask_BxN,
+                        jnp.float32)
+  grad = lambda g: jax.grad(lambda p: (logprobs(p, g)[0] * weights).sum())(params)
+  for a, b in zip(jax.tree.leaves(grad(1)), jax.tree.leaves(grad(Gs))):
+    np.testing.assert_allclose(a, b, atol=2e-5)
+  np.testing.assert_allclose(
+      update.reference_logprobs(graphdef, params, tokens, mask, N, 0.7, group_size=Gs)[real],
+      np.asarray(full[0])[real], atol=2e-5)
+  # A whole train step (SGD: Adam's first step is sign(grad), which float noise flips
+  # where a gradient is ~0), with micro-batches of whole groups.
+  batch = update.Batch(tokens, mask, jnp.asarray(completion_mask_BxN, jnp.float32),
+                       full[0], jnp.asarray(rng.normal(size=len(prompts) * Gs), jnp.float32))
+  make = lambda: update.TrainState.create(models.Qwen2ForCausalLM(TOY, rngs=nnx.Rngs(3)),
+                                          optax.sgd(1.0))
+  config = grpo.LossConfig(beta=0.0)
+  one, m1 = update.train_step(make(), batch, config=config, temperature=0.7, micro_batches=2)
+  two, m2 = update.train_step(make(), batch, config=config, temperature=0.7, micro_batches=2,
+                              group_size=Gs)
+  np.testing.assert_allclose(m1["loss"], m2["loss"], atol=1e-6)
+  for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
+    np.testing.assert_allclose(a, b, atol=2e-5)
+  with pytest.raises(ValueError, match="whole groups"):
+    update.train_step(make(), batch, config=config, micro_batches=3, group_size=Gs)

@@ -45,6 +45,23 @@ def init(num_layers: int, batch: int, length: int, num_kv_heads: int, head_dim: 
                for _ in range(num_layers))
 
 
+def shared(cache: tuple[LayerCache, ...], valid_QxP: jax.Array, copies: int,
+           length: int) -> tuple[LayerCache, ...]:
+  """Caches for `copies` rows per row of `cache`, reading it as a read-only shared prefix.
+
+  Each new row gets `length` empty slots of its own; its attention reads the prefix
+  once per group (see `LayerCache`). Differentiable, so a training forward can share a
+  prompt among the completions that continue it.
+  """
+  Q = valid_QxP.shape[0]
+  return tuple(
+      LayerCache(k=jnp.zeros((Q * copies, length, *layer.k.shape[2:]), layer.k.dtype),
+                 v=jnp.zeros((Q * copies, layer.v.shape[1], length, layer.v.shape[3]),
+                             layer.v.dtype),
+                 prefix_k=layer.k, prefix_v=layer.v, prefix_valid=valid_QxP.astype(bool))
+      for layer in cache)
+
+
 def attention_mask(kv_valid_BxS: jax.Array, cache_index, num_queries: int) -> jax.Array:
   """`[B, T, S]`: query t (at slot cache_index + t) sees valid keys at slots <= its own."""
   S = kv_valid_BxS.shape[1]
