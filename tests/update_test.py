@@ -67,8 +67,10 @@ def test_sharded_step_matches_single_device():
   config = grpo.LossConfig(beta=0.04)
   single, single_metrics = make(optax.sgd(1.0)), None
   mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+  # The sharded step also runs each prompt once for its G completions (group_size); the
+  # single-device reference does not.
   state, step_fn = update.sharded_train_step(make(optax.sgd(1.0)), mesh, config=config,
-                                             micro_batches=2)
+                                             micro_batches=2, group_size=G)
   kernel = state.params["model"]["layers"][0]["mlp"]["up_proj"]["kernel"][...]
   assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
   for _ in range(2):  # twice: the second step sees donated, resharded buffers
