@@ -47,7 +47,9 @@ import numpy as np
 from absl import logging
 
 from prompt4trust_jax import (abstention, baselines, calibration, data, downstream, hints, noise,
-                              parsing, prompt_search, prompts, report, sharding, soft_prompt, train)
+                              parsing, prompt_search, prompts, report, run_store, sharding,
+                              soft_prompt, train)
+from prompt4trust_jax.run_store import RunStore
 
 METHODS = ("no_hint", "fixed_hint", "prompt4trust", "csc", "csa", "entropy", "logit",
            "logit_scaled", "calibprompt", "abstain", "prompt_search")
@@ -111,47 +113,10 @@ def method_names(config) -> list[str]:
                             for m in e.get("noise_methods", ())]
 
 
-class RunStore:
-  """A run's answers, one JSON line per item, appended a batch at a time.
-
-  Only a `writer` store touches the file (process 0 of a multi-host run: every host
-  computes the same answers, one writes them).
-  """
-
-  def __init__(self, path: str, writer: bool = True):
-    self.path, self.writer, self.items = path, writer, {}
-    if not os.path.exists(path):
-      return
-    kept = 0
-    with open(path, "rb") as f:
-      for line in f:
-        try:
-          if not line.endswith(b"\n"):
-            raise ValueError("cut short")
-          item = json.loads(line)
-        except ValueError:
-          break  # a line cut short by a kill: it is dropped and its batch redone
-        self.items[item["id"]] = item
-        kept += len(line)
-    if writer:
-      os.truncate(path, kept)
-
-  def done(self, ids) -> bool:
-    return all(i in self.items for i in ids)
-
-  def append(self, items: list[dict]):
-    if self.writer:
-      with open(self.path, "a") as f:
-        f.write("".join(json.dumps(item) + "\n" for item in items))
-        f.flush()
-        os.fsync(f.fileno())
-    self.items.update((item["id"], item) for item in items)
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
   """Evaluates every configured method on the split; returns {method: metrics}."""
   os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
-  _check_settings(config, workdir)
+  run_store.check_settings(config, workdir)
   mesh = sharding.make_mesh(**config.mesh)
   e = config.eval
   runs = plan(e.methods, e.consistency_samples, e.entropy_samples, e.get("corruptions", ()),
@@ -190,34 +155,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
     report.write(config, workdir, splits["test"], runs,
                  {name: store.items for name, store in stores.items()}, results, per_method)
   return results
-
-
-# Settings that change stored answers; the others (methods, metrics) may change on resume.
-_ANSWER_SETTINGS = ("seed", "policy", "downstream", "data", "eval.batch_size",
-                    "eval.consistency_samples", "eval.entropy_samples", "eval.sample_temperature",
-                    "eval.sample_top_p", "eval.sample_top_k", "soft_prompt", "prompt_search")
-
-
-def _check_settings(config, workdir: str):
-  """Refuses to resume a workdir whose stored answers came from other settings."""
-  settings = {}
-  for name in _ANSWER_SETTINGS:
-    value = config
-    for part in name.split("."):
-      value = value.get(part)
-    settings[name] = value.to_dict() if hasattr(value, "to_dict") else value
-  settings = json.loads(json.dumps(settings, default=str))
-  path = os.path.join(workdir, "runs", "settings.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      stored = json.load(f)
-    changed = sorted(k for k in settings if stored.get(k) != settings[k])
-    if changed:
-      raise ValueError(f"{workdir} holds answers made with other {changed}; evaluate into a new "
-                       "workdir (or delete its runs/ folder to start over).")
-  elif jax.process_index() == 0:
-    with open(path, "w") as f:
-      json.dump(settings, f, indent=1)
 
 
 def _examples(config, workdir, split: str, num_examples: int = 0) -> list[dict]:
@@ -385,21 +322,6 @@ def _save_search(path: str, cache: dict, best: str | None = None):
     os.replace(path + ".tmp", path)  # never a half-written cache
 
 
-def _first_answers(store: RunStore, examples) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(letter_B, confidence_B, valid_B) of each example's first sample."""
-  return tuple(_arrays(store, examples, k)[:, 0] for k in ("letters", "confidences", "valid"))
-
-
-def _option_logits(store: RunStore, examples) -> np.ndarray:
-  """Log option probabilities, floored at log 1e-12 so a 0 stays finite."""
-  return np.log(np.maximum(_arrays(store, examples, "option_probs")[:, 0], 1e-12))
-
-
-def _arrays(store: RunStore, examples, key: str, samples: int | None = None) -> np.ndarray:
-  values = [store.items[x["id"]][key] for x in examples]
-  return np.asarray([v[:samples] for v in values] if samples else values)
-
-
 def _score(config, stores, splits):
   """Per method: letter, confidence and validity per test item, then every metric."""
   e, test = config.eval, splits["test"]
@@ -408,33 +330,33 @@ def _score(config, stores, splits):
   for m in method_names(config):
     base = m.split("@")[0]
     if base in _SINGLE or base == "rewrite":
-      per_method[m] = _first_answers(stores[m], test)
+      per_method[m] = stores[m].first_answers(test)
     elif m in ("csc", "csa"):
       s, n = stores["samples"], e.consistency_samples
       letter, csc, csa, valid = baselines.sample_consistency(
-          *(jnp.asarray(_arrays(s, test, k, n)) for k in ("letters", "confidences", "valid")))
+          *(jnp.asarray(s.arrays(test, k, n)) for k in ("letters", "confidences", "valid")))
       per_method[m] = (letter, csc if m == "csc" else csa, valid)
     elif m == "entropy":
       s, n = stores["samples"], e.entropy_samples
       per_method[m] = baselines.entropy_confidence(
-          jnp.asarray(_arrays(s, test, "letters", n)), jnp.asarray(_arrays(s, test, "valid", n)),
+          jnp.asarray(s.arrays(test, "letters", n)), jnp.asarray(s.arrays(test, "valid", n)),
           len(test[0]["options"]))
     else:
-      probs_BxC = _arrays(stores["logit"], test, "option_probs")[:, 0]
+      probs_BxC = stores["logit"].arrays(test, "option_probs")[:, 0]
       if m == "logit_scaled":
         val = splits["val"]
         temperature = float(calibration.fit_temperature(
-            jnp.asarray(_option_logits(stores["logit_val"], val)),
+            jnp.asarray(stores["logit_val"].option_logits(val)),
             jnp.asarray([x["answer"] for x in val])))
         logging.info("logit_scaled: temperature %.4f fitted on %s", temperature,
                      config.data.val_split)
         extra[m] = {"temperature": temperature}
         probs_BxC = np.asarray(calibration.apply_temperature(
-            jnp.asarray(_option_logits(stores["logit"], test)), temperature))
+            jnp.asarray(stores["logit"].option_logits(test)), temperature))
       per_method[m] = (probs_BxC.argmax(-1), probs_BxC.max(-1), np.ones(len(test), bool))
   if "abstain" in per_method:
     letter, _, valid = per_method["abstain"]
-    no_hint_letter, _, no_hint_valid = _first_answers(stores["no_hint"], test)
+    no_hint_letter, _, no_hint_valid = stores["no_hint"].first_answers(test)
     extra["abstain"] = abstention.abstention_metrics(
         letter, valid, gold_B, ~(no_hint_valid & (no_hint_letter == gold_B)))
   results = {}

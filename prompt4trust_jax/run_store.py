@@ -1,0 +1,90 @@
+"""A method's stored answers: one JSON line per item, resumable after a kill.
+
+`RunStore` appends a batch of answers at a time and, reopened, keeps every complete line
+(a line cut short is dropped and its batch redone). `check_settings` refuses to mix
+answers made under other settings in one workdir.
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+
+
+class RunStore:
+  """A run's answers, one JSON line per item, appended a batch at a time.
+
+  Only a `writer` store touches the file (process 0 of a multi-host run: every host
+  computes the same answers, one writes them).
+  """
+
+  def __init__(self, path: str, writer: bool = True):
+    self.path, self.writer, self.items = path, writer, {}
+    if not os.path.exists(path):
+      return
+    kept = 0
+    with open(path, "rb") as f:
+      for line in f:
+        try:
+          if not line.endswith(b"\n"):
+            raise ValueError("cut short")
+          item = json.loads(line)
+        except ValueError:
+          break  # a line cut short by a kill: it is dropped and its batch redone
+        self.items[item["id"]] = item
+        kept += len(line)
+    if writer:
+      os.truncate(path, kept)
+
+  def done(self, ids) -> bool:
+    return all(i in self.items for i in ids)
+
+  def append(self, items: list[dict]):
+    if self.writer:
+      with open(self.path, "a") as f:
+        f.write("".join(json.dumps(item) + "\n" for item in items))
+        f.flush()
+        os.fsync(f.fileno())
+    self.items.update((item["id"], item) for item in items)
+
+  def first_answers(self, examples) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(letter_B, confidence_B, valid_B) of each example's first sample."""
+    return tuple(self.arrays(examples, k)[:, 0] for k in ("letters", "confidences", "valid"))
+
+  def option_logits(self, examples) -> np.ndarray:
+    """Log option probabilities, floored at log 1e-12 so a 0 stays finite."""
+    return np.log(np.maximum(self.arrays(examples, "option_probs")[:, 0], 1e-12))
+
+  def arrays(self, examples, key: str, samples: int | None = None) -> np.ndarray:
+    """`key` of each example's stored answer, its first `samples` samples (None: all)."""
+    values = [self.items[x["id"]][key] for x in examples]
+    return np.asarray([v[:samples] for v in values] if samples else values)
+
+
+# Settings that change stored answers; the others (methods, metrics) may change on resume.
+ANSWER_SETTINGS = ("seed", "policy", "downstream", "data", "eval.batch_size",
+                    "eval.consistency_samples", "eval.entropy_samples", "eval.sample_temperature",
+                    "eval.sample_top_p", "eval.sample_top_k", "soft_prompt", "prompt_search")
+
+
+def check_settings(config, workdir: str):
+  """Refuses to resume a workdir whose stored answers came from other settings."""
+  settings = {}
+  for name in ANSWER_SETTINGS:
+    value = config
+    for part in name.split("."):
+      value = value.get(part)
+    settings[name] = value.to_dict() if hasattr(value, "to_dict") else value
+  settings = json.loads(json.dumps(settings, default=str))
+  path = os.path.join(workdir, "runs", "settings.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      stored = json.load(f)
+    changed = sorted(k for k in settings if stored.get(k) != settings[k])
+    if changed:
+      raise ValueError(f"{workdir} holds answers made with other {changed}; evaluate into a new "
+                       "workdir (or delete its runs/ folder to start over).")
+  elif jax.process_index() == 0:
+    with open(path, "w") as f:
+      json.dump(settings, f, indent=1)
