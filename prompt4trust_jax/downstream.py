@@ -33,6 +33,7 @@ from prompt4trust_jax.models import qwen2
 from prompt4trust_jax.models import tokenizer as tokenizer_lib
 
 MODES = ("verbalized", "structured", "logit")
+GROW_SLOTS = 64  # verbalized decoding extends its cache by this many slots at a time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,10 +192,12 @@ class Downstream:
       suffix_tokens, suffix_mask = sampling.left_pad(suffixes, suffix_length, batch * copies,
                                                      self.pad_token_id)
     max_new = self.trie.max_depth if self.trie is not None else cfg.max_new_tokens
+    # Verbalized answers start with GROW_SLOTS cache slots (`_finish` adds more).
+    first = max_new if self.trie is not None else min(max_new, GROW_SLOTS)
     graphdef, state = nnx.split(self.model)
     return _prefill_and_emit(graphdef, state, sampling.decode_head(self.model), tokens, mask,
                              positions, image_embeds, suffix_tokens, suffix_mask, rng, self.trie,
-                             copies=copies, cache_length=tokens.shape[1] + suffix_length + max_new,
+                             copies=copies, cache_length=tokens.shape[1] + suffix_length + first,
                              max_new_tokens=max_new, params=self._params())
 
   def _params(self) -> sampling.SamplingParams:
@@ -211,9 +214,16 @@ class Downstream:
       return _decode_chunk(graphdef, weights, head_DxV, state, rng, self.trie, steps=total,
                            params=self._params())
     parser = parsing.get_parser(self.config.parser)
+    steps = self.config.check_every
+    # Attention reads every cache slot each step, so the cache grows with the answers,
+    # GROW_SLOTS at a time (each size a compiled chunk), instead of holding the budget.
+    full = int(state.slot) + total - int(state.step)
     while True:
-      state = _decode_chunk(graphdef, weights, head_DxV, state, rng, None,
-                            steps=self.config.check_every, params=self._params())
+      needed = int(state.slot) + min(steps, total - int(state.step))
+      if needed > state.kv_valid_BxS.shape[1]:
+        state = sampling.extend(state, min(-(-needed // GROW_SLOTS) * GROW_SLOTS, full))
+      state = _decode_chunk(graphdef, weights, head_DxV, state, rng, None, steps=steps,
+                            params=self._params())
       step, done = int(state.step), np.array(state.done_B)
       if step >= total or done.all():
         return state

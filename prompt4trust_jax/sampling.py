@@ -52,18 +52,23 @@ def bucket_batch(n: int) -> int:
   return 1 << (n - 1).bit_length()
 
 
-def top_p_threshold(probs_BxV: jax.Array, top_p: float, iterations: int = 24) -> jax.Array:
+def top_p_threshold(probs_BxV: jax.Array, top_p: float, mass_B: jax.Array | None = None,
+                    iterations: int = 24) -> jax.Array:
   """Per row, the smallest probability kept by a top-p (nucleus) filter, without a sort.
 
-  The nucleus is {p >= t} for the largest t whose kept mass still reaches top_p;
-  bisection finds t to 2^-iterations of the row's top probability (tokens within
-  that band of t are kept as well). A full-vocabulary sort per token is what this
-  avoids: on CPU it costs ~40 ms for 8 x 32k logits.
+  The nucleus is {p >= t} for the largest t whose kept mass still reaches top_p of the
+  row's mass (`mass_B`; None: rows sum to 1, else `probs_BxV` may be unnormalised).
+  Bisection finds t to 2^-iterations of the row's top probability (tokens within that
+  band of t are kept as well). A full-vocabulary sort per token is what this avoids:
+  on CPU it costs ~40 ms for 8 x 32k logits.
   """
+  target_B = top_p if mass_B is None else top_p * mass_B
+
   def body(_, bounds):
     lo_B, hi_B = bounds
     mid_B = (lo_B + hi_B) / 2
-    enough_B = jnp.sum(jnp.where(probs_BxV >= mid_B[:, None], probs_BxV, 0.0), axis=-1) >= top_p
+    kept_B = jnp.sum(jnp.where(probs_BxV >= mid_B[:, None], probs_BxV, 0.0), axis=-1)
+    enough_B = kept_B >= target_B
     return jnp.where(enough_B, mid_B, lo_B), jnp.where(enough_B, hi_B, mid_B)
 
   init = (jnp.zeros(probs_BxV.shape[0], probs_BxV.dtype), jnp.max(probs_BxV, axis=-1))
@@ -100,9 +105,11 @@ def categorical(key: jax.Array, probs_BxV: jax.Array, block: int = 128) -> jax.A
       mass_BxN, n_B[:, None], axis=1)[:, 0])
   k_B = jnp.minimum(jnp.sum(jnp.cumsum(within_BxK, axis=-1) <= rest_B[:, None], axis=-1), block - 1)
   token_B = jnp.minimum(n_B * block + k_B, V - 1)
-  # Rounding at a block edge can land on an empty entry; take the mode instead.
-  chosen_B = jnp.take_along_axis(probs_BxV, token_B[:, None], axis=-1)[:, 0]
-  return jnp.where(chosen_B > 0, token_B, argmax(probs_BxV))
+  # Rounding at a block edge can land on an empty entry; take the mode instead (two
+  # more passes over the vocabulary, so only when it happens).
+  empty_B = jnp.take_along_axis(probs_BxV, token_B[:, None], axis=-1)[:, 0] <= 0
+  return jax.lax.cond(jnp.any(empty_B), lambda: jnp.where(empty_B, argmax(probs_BxV), token_B),
+                      lambda: token_B)
 
 
 def sample_token(logits_BxV: jax.Array, key: jax.Array, *, temperature: float, top_k: int = 0,
@@ -110,16 +117,18 @@ def sample_token(logits_BxV: jax.Array, key: jax.Array, *, temperature: float, t
   """Draws one token per row; returns `(token_B, logprob_B)` (see module docstring).
 
   Order as in vLLM/transformers: temperature, then top-k, then top-p (the smallest set
-  of most likely tokens whose mass reaches top_p). temperature 0 is greedy.
+  of most likely tokens whose mass reaches top_p). temperature 0 is greedy. The log-prob
+  is the chosen logit less the row's logsumexp: no `[B, V]` log-softmax is written.
   """
   if temperature == 0:
+    scaled_BxV = logits_BxV
     token_B = argmax(logits_BxV)
-    logprobs_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
+    logsumexp_B = jax.nn.logsumexp(logits_BxV, axis=-1)
   else:
     scaled_BxV = logits_BxV / temperature
-    logprobs_BxV = jax.nn.log_softmax(scaled_BxV, axis=-1)
     vocab = logits_BxV.shape[-1]
     if 0 < top_k < vocab:
+      logsumexp_B = jax.nn.logsumexp(scaled_BxV, axis=-1)
       top_BxK, ids_BxK = jax.lax.top_k(scaled_BxV, top_k)  # sorted, most likely first
       if top_p < 1.0:
         probs_BxK = jax.nn.softmax(top_BxK, axis=-1)
@@ -128,12 +137,17 @@ def sample_token(logits_BxV: jax.Array, key: jax.Array, *, temperature: float, t
       choice_B = jax.random.categorical(key, top_BxK, axis=-1)
       token_B = jnp.take_along_axis(ids_BxK, choice_B[:, None], axis=-1)[:, 0]
     else:
-      probs_BxV = jnp.exp(logprobs_BxV)
+      # Unnormalised probabilities (the top one is 1), written once and shared by the
+      # nucleus search, the draw and the log-probability's normaliser.
+      max_B = jnp.max(scaled_BxV, axis=-1)
+      probs_BxV = jnp.exp(scaled_BxV - max_B[:, None])
+      mass_B = jnp.sum(probs_BxV, axis=-1)
+      logsumexp_B = max_B + jnp.log(mass_B)
       if top_p < 1.0:
-        probs_BxV = jnp.where(probs_BxV >= top_p_threshold(probs_BxV, top_p)[:, None],
+        probs_BxV = jnp.where(probs_BxV >= top_p_threshold(probs_BxV, top_p, mass_B)[:, None],
                               probs_BxV, 0.0)
       token_B = categorical(key, probs_BxV)
-  logprob_B = jnp.take_along_axis(logprobs_BxV, token_B[:, None], axis=-1)[:, 0]
+  logprob_B = jnp.take_along_axis(scaled_BxV, token_B[:, None], axis=-1)[:, 0] - logsumexp_B
   return token_B.astype(jnp.int32), logprob_B
 
 
@@ -217,6 +231,14 @@ def share(state: DecodeState, copies: int, cache_length: int) -> DecodeState:
   rows = jax.tree.map(repeat, state.replace(cache=(), kv_valid_BxS=jnp.zeros((0,), bool)))
   return rows.replace(cache=cache, kv_valid_BxS=jnp.zeros((B, cache_length), bool),
                       slot=jnp.int32(0))
+
+
+@functools.partial(jax.jit, static_argnames="length")
+def extend(state: DecodeState, length: int) -> DecodeState:
+  """`state` with `length` cache slots of its own (`kv_cache.extend`); the rest unchanged."""
+  valid_BxS = state.kv_valid_BxS
+  return state.replace(cache=kv_cache_lib.extend(state.cache, length),
+                       kv_valid_BxS=jnp.pad(valid_BxS, ((0, 0), (0, length - valid_BxS.shape[1]))))
 
 
 def emit(state: DecodeState, logits_BxV: jax.Array, key: jax.Array, params: SamplingParams,

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from prompt4trust_jax import downstream, fixtures, images, models, parsing
+from prompt4trust_jax import downstream, fixtures, images, models, parsing, sampling
 from prompt4trust_jax.models import qwen2_vl
 
 OPTIONS = ("A:CT scan", "B:MRI", "C:X-ray", "D:Ultrasound")
@@ -68,6 +68,22 @@ def test_shared_prefix_and_one_image_encoding_match_the_naive_path(vl_dir, items
   assert shared.texts == naive.texts
   np.testing.assert_array_equal(shared.letter_index, naive.letter_index)
   np.testing.assert_allclose(shared.confidence, naive.confidence, atol=1e-5)
+
+
+def test_verbalized_cache_growth_matches_a_full_cache(vl_dir, items, monkeypatch):
+  kw = dict(mode="verbalized", temperature=0.0, max_new_tokens=40, check_every=4)
+  monkeypatch.setattr(downstream, "GROW_SLOTS", 8)  # extended every other chunk
+  extended = []
+  extend = sampling.extend
+  monkeypatch.setattr(sampling, "extend", lambda state, n: extended.append(n) or extend(state, n))
+  _, grown = _answers(vl_dir, items, **kw)
+  assert len(extended) >= 3 and extended == sorted(extended)
+  extended.clear()
+  monkeypatch.setattr(downstream, "GROW_SLOTS", 10**6)  # the whole budget from the start
+  _, full = _answers(vl_dir, items, **kw)
+  assert not extended
+  assert grown.texts == full.texts
+  np.testing.assert_array_equal(grown.num_tokens, full.num_tokens)
 
 
 def test_logit_mode_reads_the_letter_probabilities(vl_dir, items):

@@ -12,10 +12,10 @@ from flax import struct
 
 @struct.dataclass
 class LayerCache:
-  """Keys `[B, S, K, H]` and values `[B, K, S, H]` (see `layers.attend` for why).
+  """Keys transposed, `[B, K, H, S]`, and values `[B, K, S, H]` (see `layers.attend`).
 
   Optionally a read-only shared prefix: rows b*C .. b*C + C-1 all attend to prefix row b
-  (keys `[Q, P, K, H]`, values `[Q, K, P, H]`, valid slots `[Q, P]`) before their own
+  (keys `[Q, K, H, P]`, values `[Q, K, P, H]`, valid slots `[Q, P]`) before their own
   slots. G hints of one question then read the question's cache once per group instead
   of once per row (`sampling.share`).
   """
@@ -26,9 +26,10 @@ class LayerCache:
   prefix_valid: jax.Array | None = None
 
   def write(self, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array, index) -> "LayerCache":
+    k_BxKxHxT = jnp.transpose(k_BxTxKxH, (0, 2, 3, 1))
     v_BxKxTxH = jnp.swapaxes(v_BxTxKxH, 1, 2)
     return self.replace(
-        k=jax.lax.dynamic_update_slice(self.k, k_BxTxKxH.astype(self.k.dtype), (0, index, 0, 0)),
+        k=jax.lax.dynamic_update_slice(self.k, k_BxKxHxT.astype(self.k.dtype), (0, 0, 0, index)),
         v=jax.lax.dynamic_update_slice(self.v, v_BxKxTxH.astype(self.v.dtype), (0, 0, index, 0)))
 
   @property
@@ -40,7 +41,7 @@ class LayerCache:
 def init(num_layers: int, batch: int, length: int, num_kv_heads: int, head_dim: int,
          dtype) -> tuple[LayerCache, ...]:
   """An empty cache of `length` slots for each of `num_layers` layers."""
-  return tuple(LayerCache(k=jnp.zeros((batch, length, num_kv_heads, head_dim), dtype),
+  return tuple(LayerCache(k=jnp.zeros((batch, num_kv_heads, head_dim, length), dtype),
                          v=jnp.zeros((batch, num_kv_heads, length, head_dim), dtype))
                for _ in range(num_layers))
 
@@ -55,11 +56,24 @@ def shared(cache: tuple[LayerCache, ...], valid_QxP: jax.Array, copies: int,
   """
   Q = valid_QxP.shape[0]
   return tuple(
-      LayerCache(k=jnp.zeros((Q * copies, length, *layer.k.shape[2:]), layer.k.dtype),
+      LayerCache(k=jnp.zeros((Q * copies, *layer.k.shape[1:3], length), layer.k.dtype),
                  v=jnp.zeros((Q * copies, layer.v.shape[1], length, layer.v.shape[3]),
                              layer.v.dtype),
                  prefix_k=layer.k, prefix_v=layer.v, prefix_valid=valid_QxP.astype(bool))
       for layer in cache)
+
+
+def extend(cache: tuple[LayerCache, ...], length: int) -> tuple[LayerCache, ...]:
+  """The same caches with `length` own slots (at least the current number), new ones empty.
+
+  A decode loop that grows its cache as it goes attends over the slots it has filled,
+  not over the whole budget (attention reads every slot of the cache each step).
+  """
+  def pad(x, axis):
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, length - x.shape[axis])
+    return jnp.pad(x, widths)
+  return tuple(layer.replace(k=pad(layer.k, 3), v=pad(layer.v, 2)) for layer in cache)
 
 
 def attention_mask(kv_valid_BxS: jax.Array, cache_index, num_queries: int) -> jax.Array:
