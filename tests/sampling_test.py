@@ -156,6 +156,22 @@ def test_top_p_alone_keeps_exactly_the_nucleus():
     assert set(tokens[:, row].tolist()) <= nucleus
 
 
+def test_top_p_early_stop_keeps_exactly_the_nucleus():
+  # A real model's peaked rows (the search can stop after a few halvings), a top token
+  # that reaches top_p alone with a runner-up just below it, and a two-token nucleus.
+  probs = np.full((3, 1000), 1e-6, np.float32)
+  probs[0, 7] = 0.99
+  probs[1, [3, 9]] = [0.5, 0.4999]
+  probs[2] = 0.15 / 997
+  probs[2, [1, 2, 4]] = [0.35, 0.3, 0.2]
+  probs /= probs.sum(-1, keepdims=True)
+  threshold = jax.jit(sampling.top_p_threshold, static_argnums=(1, 2, 3, 4))
+  for check_after in (8, 0):  # 0: all 24 halvings
+    t = np.asarray(threshold(jnp.asarray(probs), 0.45, None, 24, check_after))
+    kept = [set(np.flatnonzero(row >= cut)) for row, cut in zip(probs, t)]
+    assert kept == [{7}, {3}, {1, 2}], check_after
+
+
 def test_inverse_cdf_categorical_matches_the_distribution():
   probs = np.zeros((2, 300), np.float32)
   probs[0, [0, 127, 128, 299]] = [0.1, 0.2, 0.3, 0.4]  # block edges, V not a multiple of 128
