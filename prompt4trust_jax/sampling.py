@@ -61,9 +61,9 @@ def top_p_threshold(probs_BxV: jax.Array, top_p: float, mass_B: jax.Array | None
   Bisection finds t to 2^-iterations of the row's top probability (tokens within that
   band of t are kept as well). A full-vocabulary sort per token is what this avoids:
   on CPU it costs ~40 ms for 8 x 32k logits. After `check_after` halvings one more pass
-  counts the tokens between the bounds; if no row has more than one, the lower bound
-  already keeps exactly the nucleus and the search stops: a real model's peaked
-  distribution gets there, random logits need ~20 halvings (the check then costs a pass).
+  counts the tokens between the bounds; where that shows every row's lower bound already
+  keeps exactly its nucleus, the search stops. A real model's peaked rows get there;
+  random logits need ~20 halvings (the check then costs one pass).
   """
   target_B = top_p if mass_B is None else top_p * mass_B
 
