@@ -48,6 +48,16 @@ def test_logprob_is_the_full_tempered_log_softmax():
   np.testing.assert_allclose(logprob, expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.0, 0, 1.0), (0.6, 0, 1.0), (0.6, 0, 0.9),
+                                                    (0.6, 4, 0.9)])
+def test_logprob_in_every_sampling_path(temperature, top_k, top_p):
+  logits = jax.random.normal(jax.random.key(5), (3, 300)) * 2
+  token, logprob = jax.jit(lambda x: sampling.sample_token(
+      x, jax.random.key(6), temperature=temperature, top_k=top_k, top_p=top_p))(logits)
+  expected = jax.nn.log_softmax(logits / (temperature or 1.0))[jnp.arange(3), token]
+  np.testing.assert_allclose(logprob, expected, rtol=1e-6, atol=1e-6)
+
+
 def test_sampler_logprobs_match_a_full_forward(model):
   prompts = [[5, 6, 7], [9, 10, 11, 12, 13, 14, 15]]
   out = sampling.generate(model, prompts, max_new_tokens=12, temperature=0.6, top_p=0.95,
@@ -182,6 +192,15 @@ def test_inverse_cdf_categorical_matches_the_distribution():
     freqs = np.bincount(tokens[:, row], minlength=300) / 20000
     assert (freqs[probs[row] == 0] == 0).all()
     np.testing.assert_allclose(freqs, probs[row] / probs[row].sum(), atol=0.012)
+
+
+def test_inverse_cdf_draw_on_an_empty_entry_takes_the_mode(monkeypatch):
+  # A draw at the very top of the CDF lands past the last non-zero entry.
+  probs = np.zeros((2, 300), np.float32)
+  probs[0, [3, 10]] = [0.2, 0.8]
+  probs[1, 5] = 1.0
+  monkeypatch.setattr(jax.random, "uniform", lambda key, shape: jnp.ones(shape))
+  assert sampling.categorical(jax.random.key(0), jnp.asarray(probs)).tolist() == [10, 5]
 
 
 def test_argmax_takes_the_first_maximum():
