@@ -33,7 +33,6 @@ from prompt4trust_jax.models import qwen2
 from prompt4trust_jax.models import tokenizer as tokenizer_lib
 
 MODES = ("verbalized", "structured", "logit")
-GROW_SLOTS = 64  # verbalized decoding extends its cache by this many slots at a time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,8 +191,8 @@ class Downstream:
       suffix_tokens, suffix_mask = sampling.left_pad(suffixes, suffix_length, batch * copies,
                                                      self.pad_token_id)
     max_new = self.trie.max_depth if self.trie is not None else cfg.max_new_tokens
-    # Verbalized answers start with GROW_SLOTS cache slots (`_finish` adds more).
-    first = max_new if self.trie is not None else min(max_new, GROW_SLOTS)
+    # Verbalized answers start with GROW_SLOTS cache slots (`decode_growing` adds more).
+    first = max_new if self.trie is not None else min(max_new, sampling.GROW_SLOTS)
     graphdef, state = nnx.split(self.model)
     return _prefill_and_emit(graphdef, state, sampling.decode_head(self.model), tokens, mask,
                              positions, image_embeds, suffix_tokens, suffix_mask, rng, self.trie,
@@ -209,31 +208,24 @@ class Downstream:
   def _finish(self, state, rng):
     graphdef, weights = nnx.split(self.model)
     head_DxV = sampling.decode_head(self.model)
-    total = state.tokens_BxN.shape[1]
     if self.trie is not None:
-      return _decode_chunk(graphdef, weights, head_DxV, state, rng, self.trie, steps=total,
-                           params=self._params())
+      return sampling.decode_chunk(graphdef, weights, head_DxV, state, rng, self.trie,
+                                   steps=state.tokens_BxN.shape[1], params=self._params())
     parser = parsing.get_parser(self.config.parser)
-    steps = self.config.check_every
-    # Attention reads every cache slot each step, so the cache grows with the answers,
-    # GROW_SLOTS at a time (each size a compiled chunk), instead of holding the budget.
-    full = int(state.slot) + total - int(state.step)
-    while True:
-      needed = int(state.slot) + min(steps, total - int(state.step))
-      if needed > state.kv_valid_BxS.shape[1]:
-        state = sampling.extend(state, min(-(-needed // GROW_SLOTS) * GROW_SLOTS, full))
-      state = _decode_chunk(graphdef, weights, head_DxV, state, rng, None, steps=steps,
-                            params=self._params())
-      step, done = int(state.step), np.array(state.done_B)
-      if step >= total or done.all():
-        return state
+
+    def stop_parsed(state):
+      """Marks rows done whose text already holds the answer and confidence."""
+      done = np.array(state.done_B)
       tokens, lengths = np.asarray(state.tokens_BxN), np.asarray(state.lengths_B)
       for row in np.flatnonzero(~done):
         text = self.tokenizer.decode(tokens[row, :lengths[row]], skip_special_tokens=True)
         # A number at the very end may still grow ("confidence 8" -> "80").
         if parser(text).valid and not text.rstrip()[-1:].isdigit():
           done[row] = True
-      state = state.replace(done_B=jnp.asarray(done))
+      return state.replace(done_B=jnp.asarray(done))
+
+    return sampling.decode_growing(graphdef, weights, head_DxV, state, rng, self._params(),
+                                   steps=self.config.check_every, after_chunk=stop_parsed)
 
   def _read(self, state, rows: int) -> Answers:
     tokens = np.asarray(state.tokens_BxN)[:rows]
@@ -300,11 +292,3 @@ def _prefill_and_emit(graphdef, state, head_DxV, tokens_QxP, mask_QxP, positions
     h_QxD = jnp.where(suffix_mask_BxT.any(axis=-1)[:, None], h_BxD, h_QxD)
     s = s.replace(done_B=s.done_B | ~suffix_mask_BxT.any(axis=-1))
   return sampling.emit(s, model.logits(h_QxD, head_DxV), jax.random.fold_in(rng, 0), params, trie)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "steps", "params"),
-                   donate_argnames=("decode_state",))
-def _decode_chunk(graphdef, state, head_DxV, decode_state, rng, trie, *, steps: int,
-                  params: sampling.SamplingParams) -> sampling.DecodeState:
-  model = nnx.merge(graphdef, state)
-  return sampling.decode(model, decode_state, rng, params, head_DxV, steps, trie)

@@ -3,7 +3,8 @@
 Prompts are left padded to a bucketed length (and the batch to a bucketed size), so
 every row writes step t at the same cache slot and new prompts of a similar size
 reuse the compiled program. The loop stops when every row has emitted an EOS token
-or the budget is spent, with no host round-trip per token.
+or the budget is spent, with no host round-trip per token (long budgets: one per
+`GROW_SLOTS`-token chunk, as the cache grows; `decode_growing`).
 
 Log-probabilities: `logprobs[t]` is log softmax(logits / temperature) at the chosen
 token, over the full vocabulary (before top-k/top-p truncation), which is what a
@@ -25,6 +26,10 @@ from flax import nnx, struct
 from prompt4trust_jax import constraints
 from prompt4trust_jax.models import kv_cache as kv_cache_lib
 from prompt4trust_jax.models.qwen2 import positions_from_mask
+
+
+# Chunked decoding (`decode_growing`) extends its cache by this many slots at a time.
+GROW_SLOTS = 64
 
 
 class GenerateOutput(NamedTuple):
@@ -317,6 +322,37 @@ def decode(model, state: DecodeState, rng: jax.Array, params: SamplingParams, he
   return jax.lax.while_loop(cond, body, state)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "steps", "params"),
+                   donate_argnames=("state",))
+def decode_chunk(graphdef, weights, head_DxV, state: DecodeState, rng, trie=None, *,
+                 steps: int, params: SamplingParams) -> DecodeState:
+  """`decode` of up to `steps` more tokens as one compiled call (one per cache size)."""
+  return decode(nnx.merge(graphdef, weights), state, rng, params, head_DxV, steps, trie)
+
+
+def decode_growing(graphdef, weights, head_DxV, state: DecodeState, rng, params: SamplingParams,
+                   *, steps: int, after_chunk=None) -> DecodeState:
+  """Decodes `steps` tokens per call until every row is done or the budget is spent.
+
+  Attention reads every cache slot at every step, so a cache sized for the whole budget
+  makes the early steps read empty slots: here the cache starts small and grows
+  `GROW_SLOTS` at a time (`extend`), each size one compiled `decode_chunk`. One host
+  round trip per chunk; `after_chunk(state)` may mark rows done between chunks (the
+  downstream's parse check). Same tokens as one `decode` over the full cache.
+  """
+  total = state.tokens_BxN.shape[1]
+  full = int(state.slot) + total - int(state.step)  # slots once every token is written
+  while True:
+    needed = int(state.slot) + min(steps, total - int(state.step))
+    if needed > state.kv_valid_BxS.shape[1]:
+      state = extend(state, min(-(-needed // GROW_SLOTS) * GROW_SLOTS, full))
+    state = decode_chunk(graphdef, weights, head_DxV, state, rng, steps=steps, params=params)
+    if int(state.step) >= total or bool(jnp.all(state.done_B)):
+      return state
+    if after_chunk is not None:
+      state = after_chunk(state)
+
+
 def decode_head(model) -> jax.Array:
   """The LM head `[D, V]` laid out for a decode loop (inside or outside `jit`).
 
@@ -352,11 +388,42 @@ def _transposed_head(table_VxD: jax.Array) -> jax.Array:
 _transpose = jax.jit(jnp.transpose)
 
 
+def start(model, tokens_BxP, mask_BxP, rng, positions, image_embeds_IxD, head_DxV, *,
+          max_new_tokens: int, params: SamplingParams, copies: int = 1,
+          slots: int | None = None) -> DecodeState:
+  """Prefills left-padded prompts and emits each row's first token.
+
+  `slots` is the number of cache slots for generated tokens (default: all
+  `max_new_tokens`; `decode_growing` starts with fewer). See `generate_padded`.
+  """
+  B, P = tokens_BxP.shape
+  slots = max_new_tokens if slots is None else slots
+  if positions is None:
+    positions = positions_from_mask(mask_BxP)
+  s = init_state(model, B, P if copies > 1 else P + slots, max_new_tokens,
+                 pad_token_id=params.pad_token_id)
+  s = s.replace(done_B=~mask_BxP.any(axis=-1))
+  h_BxD, s = prefill(model, s, model.embed(tokens_BxP, image_embeds_IxD), positions, mask_BxP)
+  if copies > 1:
+    s = share(s, copies, slots)
+    h_BxD = jnp.repeat(h_BxD, copies, axis=0)
+  return emit(s, model.logits(h_BxD, head_DxV), jax.random.fold_in(rng, 0), params)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "params", "copies",
+                                             "slots"))
+def _start(graphdef, weights, tokens_BxP, mask_BxP, rng, positions, image_embeds_IxD, head_DxV,
+           *, max_new_tokens: int, params: SamplingParams, copies: int, slots: int):
+  return start(nnx.merge(graphdef, weights), tokens_BxP, mask_BxP, rng, positions,
+               image_embeds_IxD, head_DxV, max_new_tokens=max_new_tokens, params=params,
+               copies=copies, slots=slots)
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "params", "copies"))
 def generate_padded(graphdef, state, tokens_BxP, mask_BxP, rng, positions=None,
                     image_embeds_IxD=None, head_DxV=None, *, max_new_tokens: int,
                     params: SamplingParams, copies: int = 1):
-  """Pure, jitted core of `generate` over left-padded prompts.
+  """Pure, jitted core of `generate` over left-padded prompts (one compiled call).
 
   Rows whose mask is all zero (batch padding) produce nothing. `positions` defaults
   to counting real tokens; multimodal callers pass M-RoPE positions and image tokens.
@@ -366,19 +433,10 @@ def generate_padded(graphdef, state, tokens_BxP, mask_BxP, rng, positions=None,
   Returns `(tokens_BxN, logprobs_BxN, lengths_B)`, padded after each row's first EOS.
   """
   model = nnx.merge(graphdef, state)
-  B, P = tokens_BxP.shape
   if head_DxV is None:
     head_DxV = decode_head(model)
-  if positions is None:
-    positions = positions_from_mask(mask_BxP)
-  length = P if copies > 1 else P + max_new_tokens
-  s = init_state(model, B, length, max_new_tokens, pad_token_id=params.pad_token_id)
-  s = s.replace(done_B=~mask_BxP.any(axis=-1))
-  h_BxD, s = prefill(model, s, model.embed(tokens_BxP, image_embeds_IxD), positions, mask_BxP)
-  if copies > 1:
-    s = share(s, copies, max_new_tokens)
-    h_BxD = jnp.repeat(h_BxD, copies, axis=0)
-  s = emit(s, model.logits(h_BxD, head_DxV), jax.random.fold_in(rng, 0), params)
+  s = start(model, tokens_BxP, mask_BxP, rng, positions, image_embeds_IxD, head_DxV,
+            max_new_tokens=max_new_tokens, params=params, copies=copies)
   s = decode(model, s, rng, params, head_DxV, max_new_tokens - 1)
   return s.tokens_BxN, s.logprobs_BxN, s.lengths_B
 
@@ -426,7 +484,8 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_new_tok
   A multimodal model also takes HF-style `pixel_values` / `image_grid_thw` for the
   images of all prompts in order, each prompt's `<|image_pad|>` already expanded.
   `copies` samples each prompt that many times (outputs prompt-major) from one prefill
-  whose cache the copies share: GRPO's G completions per prompt.
+  whose cache the copies share: GRPO's G completions per prompt. Budgets beyond
+  `GROW_SLOTS` tokens decode in chunks over a growing cache (`decode_growing`).
   """
   if copies < 1:
     raise ValueError(f"copies must be >= 1, got {copies}.")
@@ -445,9 +504,15 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_new_tok
   graphdef, state = nnx.split(model)
   params = SamplingParams(float(temperature), int(top_k), float(top_p),
                           tuple(int(e) for e in eos_token_ids), int(pad_token_id))
-  out = generate_padded(graphdef, state, tokens, mask, rng, positions, image_embeds,
-                        decode_head(model), max_new_tokens=max_new_tokens, params=params,
-                        copies=copies)
+  head_DxV = decode_head(model)
+  if max_new_tokens > GROW_SLOTS:  # a growing cache, GROW_SLOTS tokens per compiled chunk
+    s = _start(graphdef, state, tokens, mask, rng, positions, image_embeds, head_DxV,
+               max_new_tokens=max_new_tokens, params=params, copies=copies, slots=GROW_SLOTS)
+    s = decode_growing(graphdef, state, head_DxV, s, rng, params, steps=GROW_SLOTS)
+    out = s.tokens_BxN, s.logprobs_BxN, s.lengths_B
+  else:
+    out = generate_padded(graphdef, state, tokens, mask, rng, positions, image_embeds, head_DxV,
+                          max_new_tokens=max_new_tokens, params=params, copies=copies)
   rows = len(prompts) * copies
   tokens_BxN, logprobs_BxN, lengths_B = (np.asarray(x)[:rows] for x in jax.device_get(out))
   return GenerateOutput(

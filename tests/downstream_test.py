@@ -72,14 +72,14 @@ def test_shared_prefix_and_one_image_encoding_match_the_naive_path(vl_dir, items
 
 def test_verbalized_cache_growth_matches_a_full_cache(vl_dir, items, monkeypatch):
   kw = dict(mode="verbalized", temperature=0.0, max_new_tokens=40, check_every=4)
-  monkeypatch.setattr(downstream, "GROW_SLOTS", 8)  # extended every other chunk
+  monkeypatch.setattr(sampling, "GROW_SLOTS", 8)  # extended every other chunk
   extended = []
   extend = sampling.extend
   monkeypatch.setattr(sampling, "extend", lambda state, n: extended.append(n) or extend(state, n))
   _, grown = _answers(vl_dir, items, **kw)
   assert len(extended) >= 3 and extended == sorted(extended)
   extended.clear()
-  monkeypatch.setattr(downstream, "GROW_SLOTS", 10**6)  # the whole budget from the start
+  monkeypatch.setattr(sampling, "GROW_SLOTS", 10**6)  # the whole budget from the start
   _, full = _answers(vl_dir, items, **kw)
   assert not extended
   assert grown.texts == full.texts

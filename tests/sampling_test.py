@@ -111,6 +111,22 @@ def test_copies_share_the_prompt_cache_and_sample_like_repeated_prompts(model):
     sampling.generate(model, prompts, copies=0, **kw)
 
 
+@pytest.mark.parametrize("copies", [1, 3])
+def test_growing_cache_samples_like_a_full_one(model, monkeypatch, copies):
+  prompts = [[5, 6, 7], list(range(30, 55))]
+  kw = dict(max_new_tokens=40, temperature=1.0, top_k=50, rng=jax.random.key(4), copies=copies)
+  monkeypatch.setattr(sampling, "GROW_SLOTS", 8)  # 8-token chunks, cache grown 8 slots a time
+  extended = []
+  extend = sampling.extend
+  monkeypatch.setattr(sampling, "extend", lambda s, n: extended.append(n) or extend(s, n))
+  grown = sampling.generate(model, prompts, **kw)
+  monkeypatch.setattr(sampling, "GROW_SLOTS", 10**6)  # one call over the whole budget
+  full = sampling.generate(model, prompts, **kw)
+  assert len(extended) >= 4 and extended == sorted(extended)
+  assert grown.tokens == full.tokens and (grown.lengths_B == 40).all()
+  np.testing.assert_allclose(grown.logprobs_BxN, full.logprobs_BxN, atol=2e-5)
+
+
 def test_no_recompilation_within_a_bucket(model):
   kw = dict(max_new_tokens=8, temperature=0.6, top_k=100, top_p=0.95)
   sampling.generate(model, [[1, 2, 3], [4, 5, 6, 7, 8]], rng=jax.random.key(0), **kw)
