@@ -6,10 +6,9 @@ reuse the compiled program. The loop stops when every row has emitted an EOS tok
 or the budget is spent, with no host round-trip per token (long budgets: one per
 `GROW_SLOTS`-token chunk, as the cache grows; `decode_growing`).
 
-Log-probabilities: `logprobs[t]` is log softmax(logits / temperature) at the chosen
-token, over the full vocabulary (before top-k/top-p truncation), which is what a
-GRPO update recomputes as the "old" policy log-probability. With temperature 0
-(greedy) it is the plain log softmax of the logits.
+Tokens are drawn by `next_token.sample_token`: `logprobs[t]` is log softmax(logits /
+temperature) at the chosen token over the full vocabulary (before top-k/top-p), what a
+GRPO update recomputes as the "old" policy log-probability.
 """
 
 import dataclasses
@@ -23,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from prompt4trust_jax import constraints
+from prompt4trust_jax import constraints, next_token
 from prompt4trust_jax.models import kv_cache as kv_cache_lib
 from prompt4trust_jax.models.qwen2 import positions_from_mask
 
@@ -55,121 +54,6 @@ def bucket_length(n: int) -> int:
 
 def bucket_batch(n: int) -> int:
   return 1 << (n - 1).bit_length()
-
-
-def top_p_threshold(probs_BxV: jax.Array, top_p: float, mass_B: jax.Array | None = None,
-                    iterations: int = 24, check_after: int = 8) -> jax.Array:
-  """Per row, the smallest probability kept by a top-p (nucleus) filter, without a sort.
-
-  The nucleus is {p >= t} for the largest t whose kept mass still reaches top_p of the
-  row's mass (`mass_B`; None: rows sum to 1, else `probs_BxV` may be unnormalised).
-  Bisection finds t to 2^-iterations of the row's top probability (tokens within that
-  band of t are kept as well). A full-vocabulary sort per token is what this avoids:
-  on CPU it costs ~40 ms for 8 x 32k logits. After `check_after` halvings one more pass
-  counts the tokens between the bounds; where that shows every row's lower bound already
-  keeps exactly its nucleus, the search stops. A real model's peaked rows get there;
-  random logits need ~20 halvings (the check then costs one pass).
-  """
-  target_B = top_p if mass_B is None else top_p * mass_B
-
-  def body(_, bounds):
-    lo_B, hi_B = bounds
-    mid_B = (lo_B + hi_B) / 2
-    kept_B = jnp.sum(jnp.where(probs_BxV >= mid_B[:, None], probs_BxV, 0.0), axis=-1)
-    enough_B = kept_B >= target_B
-    return jnp.where(enough_B, mid_B, lo_B), jnp.where(enough_B, hi_B, mid_B)
-
-  def bisect(bounds, n):
-    return jax.lax.fori_loop(0, n, body, bounds)
-
-  max_B = jnp.max(probs_BxV, axis=-1)
-  bounds = (jnp.zeros_like(max_B), max_B)
-  if not 0 < check_after < iterations:
-    return bisect(bounds, iterations)[0]
-  lo_B, hi_B = bounds = bisect(bounds, check_after)
-  # Once hi has moved, {p >= hi} falls short of the target and t is a token in [lo, hi):
-  # with one token there, {p >= lo} is the nucleus. While hi is the top probability,
-  # the top tokens alone may reach it, so no token may lie in [lo, hi).
-  between_B = jnp.sum((probs_BxV >= lo_B[:, None]) & (probs_BxV < hi_B[:, None]), axis=-1)
-  exact_B = between_B <= jnp.where(hi_B < max_B, 1, 0)
-  return jax.lax.cond(jnp.all(exact_B), lambda b: b,
-                      lambda b: bisect(b, iterations - check_after), bounds)[0]
-
-
-def argmax(x_BxV: jax.Array) -> jax.Array:
-  """First index of the row maximum (as jnp.argmax), in two plain reductions.
-
-  XLA:CPU lowers argmax to a slow variadic reduction (~0.9 ms for 8 x 32k).
-  """
-  hit_BxV = x_BxV == jnp.max(x_BxV, axis=-1, keepdims=True)
-  return jnp.min(jnp.where(hit_BxV, jnp.arange(x_BxV.shape[-1]), x_BxV.shape[-1]), axis=-1)
-
-
-def categorical(key: jax.Array, probs_BxV: jax.Array, block: int = 128) -> jax.Array:
-  """One draw per row from unnormalised `probs_BxV` by inverse CDF, in two levels.
-
-  Same distribution as `jax.random.categorical` (another random stream), but one
-  uniform per row instead of a Gumbel per vocabulary entry: on CPU that is ~1 ms
-  instead of ~23 ms for 64 x 32k. Blocks of `block` entries are summed, the block
-  holding the draw is found from their cumulative mass, then the entry inside it.
-  Zero-probability entries are never drawn.
-  """
-  B, V = probs_BxV.shape
-  padded_BxV = jnp.pad(probs_BxV, ((0, 0), (0, -V % block)))
-  blocks_BxNxK = padded_BxV.reshape(B, -1, block)
-  mass_BxN = blocks_BxNxK.sum(-1)
-  cdf_BxN = jnp.cumsum(mass_BxN, axis=-1)
-  u_B = jax.random.uniform(key, (B,)) * cdf_BxN[:, -1]
-  n_B = jnp.minimum(jnp.sum(cdf_BxN <= u_B[:, None], axis=-1), mass_BxN.shape[1] - 1)
-  within_BxK = jnp.take_along_axis(blocks_BxNxK, n_B[:, None, None], axis=1)[:, 0]
-  rest_B = u_B - (jnp.take_along_axis(cdf_BxN, n_B[:, None], axis=1)[:, 0] - jnp.take_along_axis(
-      mass_BxN, n_B[:, None], axis=1)[:, 0])
-  k_B = jnp.minimum(jnp.sum(jnp.cumsum(within_BxK, axis=-1) <= rest_B[:, None], axis=-1), block - 1)
-  token_B = jnp.minimum(n_B * block + k_B, V - 1)
-  # Rounding at a block edge can land on an empty entry; take the mode instead (two
-  # more passes over the vocabulary, so only when it happens).
-  empty_B = jnp.take_along_axis(probs_BxV, token_B[:, None], axis=-1)[:, 0] <= 0
-  return jax.lax.cond(jnp.any(empty_B), lambda: jnp.where(empty_B, argmax(probs_BxV), token_B),
-                      lambda: token_B)
-
-
-def sample_token(logits_BxV: jax.Array, key: jax.Array, *, temperature: float, top_k: int = 0,
-                 top_p: float = 1.0) -> tuple[jax.Array, jax.Array]:
-  """Draws one token per row; returns `(token_B, logprob_B)` (see module docstring).
-
-  Order as in vLLM/transformers: temperature, then top-k, then top-p (the smallest set
-  of most likely tokens whose mass reaches top_p). temperature 0 is greedy. The log-prob
-  is the chosen logit less the row's logsumexp: no `[B, V]` log-softmax is written.
-  """
-  if temperature == 0:
-    scaled_BxV = logits_BxV
-    token_B = argmax(logits_BxV)
-    logsumexp_B = jax.nn.logsumexp(logits_BxV, axis=-1)
-  else:
-    scaled_BxV = logits_BxV / temperature
-    vocab = logits_BxV.shape[-1]
-    if 0 < top_k < vocab:
-      logsumexp_B = jax.nn.logsumexp(scaled_BxV, axis=-1)
-      top_BxK, ids_BxK = jax.lax.top_k(scaled_BxV, top_k)  # sorted, most likely first
-      if top_p < 1.0:
-        probs_BxK = jax.nn.softmax(top_BxK, axis=-1)
-        mass_before_BxK = jnp.cumsum(probs_BxK, axis=-1) - probs_BxK
-        top_BxK = jnp.where(mass_before_BxK < top_p, top_BxK, -jnp.inf)
-      choice_B = jax.random.categorical(key, top_BxK, axis=-1)
-      token_B = jnp.take_along_axis(ids_BxK, choice_B[:, None], axis=-1)[:, 0]
-    else:
-      # Unnormalised probabilities (the top one is 1), written once and shared by the
-      # nucleus search, the draw and the log-probability's normaliser.
-      max_B = jnp.max(scaled_BxV, axis=-1)
-      probs_BxV = jnp.exp(scaled_BxV - max_B[:, None])
-      mass_B = jnp.sum(probs_BxV, axis=-1)
-      logsumexp_B = max_B + jnp.log(mass_B)
-      if top_p < 1.0:
-        probs_BxV = jnp.where(probs_BxV >= top_p_threshold(probs_BxV, top_p, mass_B)[:, None],
-                              probs_BxV, 0.0)
-      token_B = categorical(key, probs_BxV)
-  logprob_B = jnp.take_along_axis(scaled_BxV, token_B[:, None], axis=-1)[:, 0] - logsumexp_B
-  return token_B.astype(jnp.int32), logprob_B
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,8 +165,8 @@ def emit(state: DecodeState, logits_BxV: jax.Array, key: jax.Array, params: Samp
                                  state.choice_probs_BxC)
     logits_BxV = constraints.allowed_logits(trie, state.node_B, logits_BxV)
     state = state.replace(choice_probs_BxC=choice_probs_BxC)
-  token_B, logprob_B = sample_token(logits_BxV, key, temperature=params.temperature,
-                                    top_k=params.top_k, top_p=params.top_p)
+  token_B, logprob_B = next_token.sample_token(logits_BxV, key, temperature=params.temperature,
+                                               top_k=params.top_k, top_p=params.top_p)
   token_B = jnp.where(state.done_B, params.pad_token_id, token_B)
   logprob_B = jnp.where(state.done_B, 0.0, logprob_B)
   done_B = state.done_B | jnp.isin(token_B, jnp.asarray(params.eos_token_ids or (-1,), jnp.int32))
