@@ -225,13 +225,16 @@ def decode_growing(graphdef, weights, head_DxV, state: DecodeState, rng, params:
   downstream's parse check). Same tokens as one `decode` over the full cache.
   """
   total = state.tokens_BxN.shape[1]
-  full = int(state.slot) + total - int(state.step)  # slots once every token is written
+  step = int(state.step)
+  # Each decode step writes one slot and emits one token, so slot - step never changes.
+  offset = int(state.slot) - step
   while True:
-    needed = int(state.slot) + min(steps, total - int(state.step))
+    needed = offset + min(step + steps, total)
     if needed > state.kv_valid_BxS.shape[1]:
-      state = extend(state, min(-(-needed // GROW_SLOTS) * GROW_SLOTS, full))
+      state = extend(state, min(-(-needed // GROW_SLOTS) * GROW_SLOTS, offset + total))
     state = decode_chunk(graphdef, weights, head_DxV, state, rng, steps=steps, params=params)
-    if int(state.step) >= total or bool(jnp.all(state.done_B)):
+    step = int(state.step)
+    if step >= total or bool(jnp.all(state.done_B)):
       return state
     if after_chunk is not None:
       state = after_chunk(state)
