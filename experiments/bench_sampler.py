@@ -6,7 +6,9 @@
 EOS is disabled so every row generates exactly `new_tokens`; the first (compiling)
 call is excluded. Prefill and per-token decode are timed apart and set against
 rooflines from this device's measured matmul throughput (prefill) and memory
-bandwidth (decode reads every weight once per step). `tokens_per_s=` comes last.
+bandwidth (decode reads every weight once per step), and against the same calls'
+weight matmuls alone at these shapes (`matmul_only_*`: what this device's matmul
+kernels allow with every other op free). `tokens_per_s=` comes last.
 """
 
 import jax
@@ -45,6 +47,36 @@ def _device_peaks():
   flops = 2 * 2048**3 / timing.median_seconds(lambda: matmul(a).block_until_ready(), 5)
   print(f"memory_bandwidth_GBps={bandwidth / 1e9:.1f} matmul_GFLOPs={flops / 1e9:.0f}")
   return bandwidth, flops
+
+
+def _matmul_seconds(model, rows: int, head_rows: int) -> tuple[float, int]:
+  """Measured time of the weight matmuls alone: `rows` tokens through every layer matrix,
+  `head_rows` through the LM head as the decode loop lays it out (`sampling.decode_head`).
+
+  One jit, no other op: with rows = head_rows = batch, the floor a decode step could
+  reach with this device's own matmul kernels, which at a small batch stream the weights
+  slower than the bandwidth probe reads memory. Returns (seconds, weight bytes read).
+  """
+  layers = [w for name, w in models.flat_params(model).items()
+            if w.ndim == 2 and "embed_tokens" not in name and "lm_head" not in name]
+  head = sampling.decode_head(model)
+  x = jnp.ones((rows, max(w.shape[0] for w in layers)), head.dtype)
+  y = jnp.ones((head_rows, head.shape[0]), head.dtype)
+  repeats = 8  # inside one jit, as a decode loop runs: no per-call dispatch in the figure
+
+  @jax.jit
+  def matmuls(x, y, layers, head):
+    def body(_, xy):
+      x, y = xy
+      outs = [x[:, :w.shape[0]] @ w for w in layers] + [y @ head]
+      # A data dependence on every product keeps XLA from hoisting them out of the loop.
+      tiny = 1e-30 * sum(out[0, 0] for out in outs)
+      return x + tiny, y + tiny
+    return jax.lax.fori_loop(0, repeats, body, (x, y))
+
+  seconds = timing.median_seconds(
+      lambda: jax.block_until_ready(matmuls(x, y, layers, head)), 5) / repeats
+  return seconds, sum(w.nbytes for w in layers) + head.nbytes
 
 
 def _hf_tokens_per_s(config, prompts):
@@ -99,6 +131,10 @@ def main(argv):
   # A decode step reads every weight once (the tied head reads the embedding table).
   step_floor = max(sum(x.nbytes for x in params.values()) / bandwidth,
                    2 * n_params * _BATCH.value / flops)
+  # The same floors from this device's own matmul kernels at these shapes, measured.
+  step_matmuls, step_bytes = _matmul_seconds(model, _BATCH.value, _BATCH.value)
+  prefill_matmuls, _ = _matmul_seconds(model, _BATCH.value * _PROMPT_LEN.value, _BATCH.value)
+  floor_seconds = prefill_matmuls + (n - 1) * step_matmuls
   print(f"device={jax.devices()[0].device_kind} shape={_SHAPE.value} dtype={_DTYPE.value} "
         f"params={n_params / 1e6:.1f}M batch={_BATCH.value} prompt_len={_PROMPT_LEN.value} "
         f"new_tokens={n}")
@@ -106,9 +142,14 @@ def main(argv):
         f"prefill_roofline_s={prefill_floor:.3f} decode_ms_per_step={1e3 * step_seconds:.2f} "
         f"decode_roofline_ms_per_step={1e3 * step_floor:.2f} "
         f"decode_roofline_fraction={step_floor / step_seconds:.2f}")
+  print(f"decode_matmul_ms_per_step={1e3 * step_matmuls:.2f} "
+        f"decode_matmul_GBps={step_bytes / step_matmuls / 1e9:.1f} "
+        f"matmul_only_seconds_per_call={floor_seconds:.3f} "
+        f"matmul_only_tokens_per_s={_BATCH.value * n / floor_seconds:.1f}")
   if _COMPARE_HF.value:
     hf = _hf_tokens_per_s(config, prompts)
     print(f"hf_tokens_per_s={hf:.1f}")
+    print(f"matmul_only_speedup={_BATCH.value * n / floor_seconds / hf:.2f}")
     print(f"speedup={tokens_per_s / hf:.2f}")
   print(f"tokens_per_s={tokens_per_s:.1f}")
 

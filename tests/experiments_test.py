@@ -51,6 +51,10 @@ def test_bench_sampler_reports_throughput():
              "--new_tokens=4", "--repeats=1")
   last = out.strip().splitlines()[-1]
   assert last.startswith("tokens_per_s=") and float(last.split("=")[1]) > 0
+  floor = dict(kv.split("=") for kv in next(
+      line for line in out.splitlines() if line.startswith("decode_matmul_ms_per_step=")).split())
+  assert float(floor["decode_matmul_ms_per_step"]) > 0
+  assert float(floor["matmul_only_tokens_per_s"]) > 0
 
 
 def test_bench_downstream_reports_throughput():
