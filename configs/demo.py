@@ -10,6 +10,7 @@ the same command resumes from the last checkpoint. Real checkpoints:
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from prompt4trust_jax import data
 
@@ -22,16 +23,32 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Multi-host: e.g. dict() on a TPU pod slice (all discovered), or
   # dict(coordinator_address="host0:1234", num_processes=2, process_id=0) on GPU hosts.
   c.distributed = None
-  c.policy = dict(path="", random_shape="tiny", dtype="float32")
+  # "clean": tidied wording (shorter prompts for the toy tokenizer); "reference": the original
+  # implementation's strings byte for byte (configs/pmcvqa.py).
+  c.prompts = dict(preset="clean")
+  # dtype: the update's compute dtype (parameters stay float32); sampling_dtype: rollouts'
+  # ("" = the same).
+  c.policy = dict(path="", random_shape="tiny", dtype="float32", sampling_dtype="")
+  # Sampling fields left unset (placeholders) come from the checkpoint's generation_config.json
+  # (sampling_defaults="generation_config", as vLLM filled them for the original), or are
+  # neutral ("neutral": top_k off, no repetition penalty).
   c.downstream = dict(path="", random_shape="tiny", dtype="float32", mode="structured",
-                      temperature=0.1, top_p=0.95, max_new_tokens=256)
+                      temperature=0.1, top_p=0.95, top_k=config_dict.placeholder(int),
+                      repetition_penalty=config_dict.placeholder(float),
+                      max_new_tokens=256, sampling_defaults="generation_config")
   # The committed synthetic PMC-VQA copy, prepared once into the workdir's tfds folder.
   c.data = dict(name="pmc_vqa/mini", split="train_32", manual_dir=data.FIXTURE_DIR, data_dir="",
                 strict=False, questions_per_step=2)
-  c.sampling = dict(num_generations=4, max_new_tokens=24, temperature=0.6, top_p=0.95, top_k=100)
+  c.sampling = dict(num_generations=4, max_new_tokens=24, temperature=0.6, top_p=0.95, top_k=100,
+                    repetition_penalty=1.0)
   c.grpo = dict(beta=0.04, kl_estimator="k3", epsilon_low=0.2, epsilon_high=0.2,
                 aggregation="bnpo", advantage="group_mean", num_iterations=2, micro_batches=1)
-  c.optimizer = dict(learning_rate=1e-4, weight_decay=0.0, max_grad_norm=1.0)
+  # schedule "linear": to 0 over all optimizer steps after warmup_steps (TRL's default).
+  c.optimizer = dict(learning_rate=1e-4, weight_decay=0.0, max_grad_norm=1.0, schedule="linear",
+                     warmup_steps=0)
   c.reward = dict(name="clinical", params=dict(wrong_penalty=1.0))
-  c.train = dict(total_steps=6, checkpoint_every=2, keep_checkpoints=3, max_failures=3)
+  # A rollout: questions_per_step questions x num_generations hints, reused for num_iterations
+  # optimizer steps. Length: `rollouts`, or `epochs` over the split (one of the two);
+  # checkpoint_every counts rollouts.
+  c.train = dict(rollouts=6, epochs=0.0, checkpoint_every=2, keep_checkpoints=3, max_failures=3)
   return ml_collections.ConfigDict(c)

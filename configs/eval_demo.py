@@ -11,6 +11,7 @@ latest checkpoint. About a minute on a 2-core CPU. Real models: `configs/eval_pm
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import demo, soft_prompt_demo
 
@@ -22,18 +23,32 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = train.seed
   c.mesh = train.mesh
   # The policy the demo trained (its random base is rebuilt from the seed in that workdir).
+  c.prompts = dict(train.prompts)
+  # Greedy hints; the sampling fields the original's requests left unset (top_k, repetition
+  # penalty) from the policy's generation_config.json, as vLLM filled them.
   c.policy = dict(path="", random_shape="tiny", dtype="float32",
-                  train_workdir="/tmp/prompt4trust_demo", step=0, max_new_tokens=24)
-  c.downstream = dict(train.downstream, parser="paper", top_k=0, letters="")
+                  train_workdir="/tmp/prompt4trust_demo", step=0, max_new_tokens=24,
+                  temperature=0.0, top_p=1.0, top_k=config_dict.placeholder(int),
+                  repetition_penalty=config_dict.placeholder(float),
+                  sampling_defaults="generation_config")
+  c.downstream = ml_collections.ConfigDict(train.downstream)  # keeps its unset placeholders
+  c.downstream.update(parser="paper", letters="")
   c.data = dict(train.data, split="test_clean", val_split="val_8", num_examples=0)
   c.eval = dict(
-      methods=("no_hint", "fixed_hint", "prompt4trust", "csc", "csa", "entropy", "logit",
-               "logit_scaled", "calibprompt", "abstain", "prompt_search"),
+      methods=("no_hint", "fixed_hint", "prompt4trust", "csc", "csa", "entropy",
+               "entropy_prompt4trust", "logit", "logit_scaled", "calibprompt", "abstain",
+               "prompt_search"),
       # Robustness: these methods again under each "corruption:severity" (noise.CORRUPTIONS).
       corruptions=("gaussian_noise:3", "typo:3"), noise_methods=("no_hint", "prompt4trust",
                                                                    "rewrite"),
-      batch_size=8, consistency_samples=21, entropy_samples=40,
-      sample_temperature=0.5, sample_top_p=0.95, sample_top_k=100,  # CSC/CSA/entropy samples
+      batch_size=8,
+      # CSC/CSA as the original's csc.py: 21 samples at these settings, the text before the
+      # image, valid only if every sample parses ("first": if the first does).
+      consistency_samples=21, sample_temperature=0.5, sample_top_p=0.95, sample_top_k=100,
+      sample_repetition_penalty=1.0, sample_max_new_tokens=512, sample_image_first=False,
+      consistency_valid="all",
+      # Entropy: 40 samples at the downstream's own settings ("consistency": share CSC's).
+      entropy_samples=40, entropy_sampling="downstream",
       num_bins=10, binning="paper", bootstrap_samples=1000)
   # CalibPrompt: soft prompt tokens learnt on the validation split's labelled examples.
   c.soft_prompt = soft_prompt_demo.get_config()

@@ -4,12 +4,24 @@
       --config.policy.path=ckpts/qwen2p5_1p5b --config.downstream.path=ckpts/qwen2_vl_2b \
       --config.data.manual_dir=/data/pmc_vqa --workdir=runs/pmcvqa
 
-(checkpoint paths: hub downloads or `experiments.convert` outputs). METHOD.md lists the
-settings: 8 questions x 8 hints per step, lr 1e-6, beta 0.04 (k3), clip 0.2, mu 4,
-policy sampling 0.6/0.95/100 up to 512 tokens, downstream at temperature 0.1 (256 tokens),
-checkpoints every 200 steps, keep 3. Data: `--config.data.manual_dir=` the folder with
-PMC-VQA's CSVs and images (prepared once into `--config.data.data_dir`, default
-`<workdir>/tfds`; see `prompt4trust_jax/data/pmc_vqa.py`).
+(checkpoint paths: hub downloads or `experiments.convert` outputs). The original
+implementation's settings (GitHub xingbpshen/vccrl-llm, TRL 0.16.1, vLLM 0.9.1, one training
+GPU), reproduced:
+- the original's prompt strings byte for byte (`prompts.preset("reference")`);
+- each optimizer step sees 1 question x 8 hints (TRL 0.16's per_device_train_batch_size 8
+  counts completions); each rollout is reused for num_iterations = 4 optimizer steps;
+- 3 epochs over train_5k: 15,000 rollouts, 60,000 optimizer steps; AdamW (weight decay 0,
+  max grad norm 1.0) at 1e-6 decaying linearly to 0 over every optimizer step, no warmup;
+- beta 0.04 (k3), clip 0.2, advantages r - mean(group), loss over all completion tokens;
+- policy sampling 0.6 / 0.95 / top_k 100 / repetition penalty 1.0, up to 512 tokens, in
+  bfloat16 (the original's vLLM server) while the update computes in float32;
+- the downstream (bfloat16) at temperature 0.1, top_p 0.95, 256 tokens; its top_k and
+  repetition penalty, which the original's requests left unset, from the checkpoint's
+  generation_config.json as vLLM filled them;
+- checkpoints every 200 optimizer steps (50 rollouts), keep 3.
+Data: `--config.data.manual_dir=` the folder with PMC-VQA's CSVs and images (prepared once
+into `--config.data.data_dir`, default `<workdir>/tfds`; train_5k is the original's
+seed-42 draw, see `prompt4trust_jax/data/pmc_vqa.py`).
 """
 
 import ml_collections
@@ -22,14 +34,17 @@ def get_config(arg: str | None = None):
   c = demo.get_config()
   if arg == "multihost":
     c.distributed = ml_collections.ConfigDict()  # TPU pod slices: everything is discovered
-  c.policy.path = ""  # set to the Qwen2.5-1.5B-Instruct checkpoint
-  c.downstream.path = ""  # set to the Qwen2-VL-2B-Instruct checkpoint
-  c.policy.dtype = c.downstream.dtype = "bfloat16"
-  c.downstream.mode = "verbalized"
-  c.data.update(name="pmc_vqa/paper", split="train_5k", questions_per_step=8,
+  c.prompts.preset = "reference"
+  c.policy.update(path="", dtype="float32", sampling_dtype="bfloat16")  # Qwen2.5-1.5B-Instruct
+  c.downstream.update(path="", dtype="bfloat16", mode="verbalized", temperature=0.1, top_p=0.95,
+                      max_new_tokens=256, sampling_defaults="generation_config")  # Qwen2-VL-2B
+  c.data.update(name="pmc_vqa/paper", split="train_5k", questions_per_step=1,
                 manual_dir="")  # set to the folder with train.csv, test_clean.csv, images/
-  c.sampling.update(num_generations=8, max_new_tokens=512)
-  c.grpo.num_iterations = 4
-  c.optimizer.learning_rate = 1e-6
-  c.train.update(total_steps=600, checkpoint_every=200, keep_checkpoints=3)
+  c.sampling.update(num_generations=8, max_new_tokens=512, temperature=0.6, top_p=0.95,
+                    top_k=100, repetition_penalty=1.0)
+  c.grpo.update(beta=0.04, epsilon_low=0.2, epsilon_high=0.2, aggregation="bnpo",
+                advantage="group_mean", num_iterations=4)
+  c.optimizer.update(learning_rate=1e-6, weight_decay=0.0, max_grad_norm=1.0, schedule="linear",
+                     warmup_steps=0)
+  c.train.update(epochs=3.0, rollouts=0, checkpoint_every=50, keep_checkpoints=3)
   return c

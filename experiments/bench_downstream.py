@@ -51,8 +51,7 @@ def _hf_answers_per_s(path, ds, items, hints, mode):
   for item, row in zip(items, hints):
     pv, grid = images.preprocess([item.image], ds.image_processor)
     for hint in row:
-      prefix, suffix = ds.prompt_ids(item, hint, grid)
-      rows.append(prefix + suffix)
+      rows.append(ds.prompt_ids(item, hint, grid))
       pixels.append(pv)
       grids.append(grid)
   width = max(map(len, rows))

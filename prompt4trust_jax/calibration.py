@@ -98,18 +98,29 @@ def auroc(confidence_B, correct_B) -> jax.Array:
 
 
 def selective_risk_curve(confidence_B, correct_B) -> tuple[jax.Array, jax.Array]:
-  """(coverage k/B, error rate of the k most confident) for k = 1..B.
+  """(coverage, risk) per row, most confident first, at that row's confidence threshold.
 
-  Confidence ties keep their input order (stable sort), so the curve is deterministic.
+  Tied confidences share one threshold: a row's coverage is the share of rows with
+  confidence >= its own and its risk the error rate among them, so the curve has one point
+  per distinct confidence (repeated once per tied row) and does not depend on row order.
   """
-  order_B = jnp.argsort(-confidence_B, stable=True)
-  errors_B = 1.0 - correct_B.astype(jnp.float32)[order_B]
-  k_B = jnp.arange(1, confidence_B.shape[0] + 1, dtype=jnp.float32)
-  return k_B / confidence_B.shape[0], jnp.cumsum(errors_B) / k_B
+  B = confidence_B.shape[0]
+  order_B = jnp.argsort(-confidence_B)
+  wrong_so_far_B = jnp.cumsum(1.0 - correct_B.astype(jnp.float32)[order_B])
+  # The last sorted index of each row's tie group: everything up to it passes its threshold.
+  negated_B = -confidence_B[order_B]
+  last_B = jnp.searchsorted(negated_B, negated_B, side="right") - 1
+  kept_B = (last_B + 1).astype(jnp.float32)
+  return kept_B / B, wrong_so_far_B[last_B] / kept_B
 
 
 def aurc(confidence_B, correct_B) -> jax.Array:
-  """Area under the risk-coverage curve: the mean of `selective_risk_curve`'s risks."""
+  """Area under the risk-coverage step curve, ties sharing a threshold.
+
+  Each row adds 1/B times the risk at its threshold (`selective_risk_curve`), so a tie group
+  is one step and the value does not depend on row order; without ties it is the mean risk
+  of the k most confident, k = 1..B.
+  """
   return jnp.mean(selective_risk_curve(confidence_B, correct_B)[1])
 
 

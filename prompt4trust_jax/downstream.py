@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from prompt4trust_jax import constraints, images, parsing, prompts, sampling
-from prompt4trust_jax.models import qwen2
+from prompt4trust_jax.models import generation_config, qwen2
 from prompt4trust_jax.models import tokenizer as tokenizer_lib
 
 MODES = ("verbalized", "structured", "logit")
@@ -43,18 +43,38 @@ class ElicitationConfig:
   temperature: float = 0.1  # 0: greedy
   top_p: float = 0.95
   top_k: int = 0
+  repetition_penalty: float = 1.0  # over prompt and generated tokens (HF / vLLM semantics)
   check_every: int = 16  # verbalized: tokens between parse checks
   share_prefix: bool = True
   logit_temperature: float = 1.0  # temperature scaling of option probabilities
   letters: str = parsing.LETTERS
-  instruction: str = prompts.DOWNSTREAM_INSTRUCTION
+  preset: str = "clean"  # `prompts.preset`: wording and text handling
+  instruction: str | None = None  # None: the preset's downstream instruction
+  image_first: bool = True  # image before the text in the user turn (CSC puts it after)
 
   def __post_init__(self):
     if self.mode not in MODES:
       raise ValueError(f"Unknown elicitation mode {self.mode!r}; choose from {MODES}.")
     parsing.get_parser(self.parser)
+    prompts.preset(self.preset)
     if self.check_every < 1 or self.max_new_tokens < 1 or self.logit_temperature <= 0:
       raise ValueError("check_every, max_new_tokens and logit_temperature must be positive.")
+    if self.repetition_penalty <= 0:
+      raise ValueError(f"repetition_penalty must be > 0 (1: off), got {self.repetition_penalty}.")
+
+
+def elicitation_config(section, path: str | None = None, **overrides) -> ElicitationConfig:
+  """An `ElicitationConfig` from a config's `downstream` section and `overrides`.
+
+  Keys named like the dataclass's fields are taken (None or "" keeps its default). Unset
+  sampling fields (None) come from `path`'s generation_config.json when the section's
+  `sampling_defaults` is "generation_config" (what vLLM did for the original), else from the
+  neutral defaults (`models.generation_config`).
+  """
+  names = {f.name for f in dataclasses.fields(ElicitationConfig)}
+  settings = {k: v for k, v in {**dict(section), **overrides}.items() if k in names}
+  settings = generation_config.resolve(settings, path, section.get("sampling_defaults", "neutral"))
+  return ElicitationConfig(**{k: v for k, v in settings.items() if v is not None and v != ""})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,14 +145,20 @@ class Downstream:
       if cfg.temperature > 0:
         raise ValueError("Sampling the downstream at temperature > 0 needs rng.")
       rng = jax.random.key(0)
-    split = [[self.prompt_ids(item, hint, None if im is None else im[1]) for hint in row]
-             for item, row, im in zip(items, hints, per_item)]
-    if cfg.share_prefix and all(len({tuple(p) for p, _ in row}) == 1 for row in split):
-      prefixes = [row[0][0] for row in split]
-      suffixes = [s for row in split for _, s in row]
+    grids = [None if im is None else im[1] for im in per_item]
+    whole = [[self.prompt_ids(item, hint, grid) for hint in row]
+             for item, row, grid in zip(items, hints, grids)]
+    image_id = getattr(self.model.config, "image_token_id", None)
+    split = [_shared_split(rows, image_id if grid is not None else None)
+             for rows, grid in zip(whole, grids)]
+    if cfg.share_prefix and all(s is not None for s in split):
+      prefixes = [prefix for prefix, _ in split]
+      suffixes = [suffix for _, row in split for suffix in row]
       copies, image_rows = G, list(range(len(items)))
+      if not any(suffixes):  # every row's prompt is its item's whole prompt
+        suffixes = None
     else:  # the naive path: every response prefills its whole prompt and its image
-      prefixes = [p + s for row in split for p, s in row]
+      prefixes = [ids for row in whole for ids in row]
       suffixes, copies = None, 1
       image_rows = [i for i in range(len(items)) for _ in range(G)]
     state = self._start(prefixes, suffixes, copies, per_item, image_rows, rng)
@@ -152,25 +178,30 @@ class Downstream:
       raise ValueError("Either every item or no item must carry an image.")
     return [images.preprocess([im], self.image_processor) for im in loaded]
 
-  def prompt_ids(self, item: Item, hint: str | None, grid) -> tuple[list[int], list[int]]:
-    """(prefix, suffix) ids of the chat prompt, split where the hint begins."""
-    prefix, suffix = prompts.downstream_prompt_split(item.question, item.options, hint,
-                                                     self.config.instruction)
-    content = ([{"type": "image"}] if grid is not None else []) + [
-        {"type": "text", "text": prefix + suffix}]
-    chat = self.tokenizer.apply_chat_template([{"role": "user", "content": content}],
-                                              add_generation_prompt=True, tokenize=False)
-    cut = chat.index(prefix) + len(prefix)
-    encode = functools.partial(self.tokenizer.encode, add_special_tokens=False)
-    prefix_ids, suffix_ids = encode(chat[:cut]), encode(chat[cut:])
+  def prompt_text(self, item: Item, hint: str | None, with_image: bool) -> str:
+    """The chat-rendered prompt of `item` (image placeholder unexpanded)."""
+    cfg = self.config
+    text = prompts.preset(cfg.preset).downstream(item.question, item.options, hint,
+                                                 cfg.instruction)
+    parts = [{"type": "text", "text": text}]
+    if with_image:
+      image = [{"type": "image"}]
+      parts = image + parts if cfg.image_first else parts + image
+    return tokenizer_lib.chat_text(self.tokenizer, parts)
+
+  def prompt_ids(self, item: Item, hint: str | None, grid) -> list[int]:
+    """Ids of the whole chat prompt, the text tokenized at once and the image placeholder
+    expanded to the image's tokens (exactly what transformers' Qwen2-VL processor gives)."""
+    ids = list(self.tokenizer.encode(self.prompt_text(item, hint, grid is not None),
+                                     add_special_tokens=False))
     if grid is not None:
       image_id = self.model.config.image_token_id
-      if prefix_ids.count(image_id) != 1:
+      if ids.count(image_id) != 1:
         raise ValueError("The chat template must render exactly one image placeholder per item.")
-      at = prefix_ids.index(image_id)
+      at = ids.index(image_id)
       n = images.num_image_tokens(grid[0], self.model.config.vision.merge_size)
-      prefix_ids = prefix_ids[:at] + [image_id] * n + prefix_ids[at + 1:]
-    return prefix_ids, suffix_ids
+      ids = ids[:at] + [image_id] * n + ids[at + 1:]
+    return ids
 
   def _start(self, prefixes, suffixes, copies, per_item, image_rows, rng):
     """Pads and places the prompts (row r of `prefixes` shows item `image_rows[r]`'s image)."""
@@ -203,7 +234,7 @@ class Downstream:
     cfg = self.config
     return sampling.SamplingParams(cfg.temperature, cfg.top_k, cfg.top_p,
                                    () if self.trie is not None else self.eos_token_ids,
-                                   self.pad_token_id)
+                                   self.pad_token_id, cfg.repetition_penalty)
 
   def _finish(self, state, rng):
     graphdef, weights = nnx.split(self.model)
@@ -246,6 +277,25 @@ class Downstream:
     return Answers(letter, confidence, valid, texts, option_probs, lengths)
 
 
+def _shared_split(rows: list[list[int]], image_id: int | None
+                  ) -> tuple[list[int], list[list[int]]] | None:
+  """`(prefix, suffixes)` with `prefix + suffixes[g] == rows[g]` for an item's G prompts.
+
+  The prefix is the rows' longest common run of leading ids, so every row keeps exactly the
+  ids of its whole prompt, tokenized at once (tokenizing a prefix and a suffix apart can
+  merge differently at the seam, e.g. " " + "\n\n" vs " \n\n"). None when the item's image
+  would not lie in the prefix (the image is encoded with the shared prefix only).
+  """
+  n = min(map(len, rows))
+  first = rows[0]
+  for row in rows[1:]:
+    n = next((i for i in range(n) if row[i] != first[i]), n)
+  prefix = first[:n]  # a row may be all prefix: it answers from the prefix's last state
+  if image_id is not None and image_id not in prefix:
+    return None
+  return prefix, [row[len(prefix):] for row in rows]
+
+
 def _branch_letters(trie: constraints.ChoiceTrie, completion_letters: list[str],
                     letters: str) -> np.ndarray:
   """For the first node with several children: the letter index behind each child."""
@@ -276,11 +326,11 @@ def _prefill_and_emit(graphdef, state, head_DxV, tokens_QxP, mask_QxP, positions
   children = 1 if trie is None else trie.child_token.shape[1]
   # Shared prefixes get only their own slots; the rows' slots come with `share`.
   s = sampling.init_state(model, Q, P if copies > 1 else cache_length, max_new_tokens, children,
-                          params.pad_token_id)
+                          params.pad_token_id, track_seen=params.penalized)
   if positions is None:
     positions = qwen2.positions_from_mask(mask_QxP)
   h_QxD, s = sampling.prefill(model, s, model.embed(tokens_QxP, image_embeds_IxD), positions,
-                              mask_QxP)
+                              mask_QxP, tokens_QxP)
   s = s.replace(done_B=~mask_QxP.any(axis=-1))
   if copies > 1:
     s = sampling.share(s, copies, cache_length - P)
@@ -288,7 +338,7 @@ def _prefill_and_emit(graphdef, state, head_DxV, tokens_QxP, mask_QxP, positions
   if suffix_BxT is not None:
     suffix_positions = s.position_B[:, None] + jnp.cumsum(suffix_mask_BxT, axis=-1) - 1
     h_BxD, s = sampling.prefill(model, s, model.embed(suffix_BxT), suffix_positions,
-                                suffix_mask_BxT)
+                                suffix_mask_BxT, suffix_BxT)
+    # A row whose suffix is empty answers from its prefix's last hidden state.
     h_QxD = jnp.where(suffix_mask_BxT.any(axis=-1)[:, None], h_BxD, h_QxD)
-    s = s.replace(done_B=s.done_B | ~suffix_mask_BxT.any(axis=-1))
   return sampling.emit(s, model.logits(h_QxD, head_DxV), jax.random.fold_in(rng, 0), params, trie)

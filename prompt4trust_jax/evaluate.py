@@ -5,10 +5,13 @@ Methods (`config.eval.methods`, METHOD.md "Baselines" and "Related methods"):
 - `prompt4trust`: the same with the policy's greedy hint (a trained checkpoint; the policy
   may be paired with a different downstream than it was trained with).
 - `csc`, `csa`: sample consistency / average confidence over `consistency_samples`
-  downstream samples (answer = the first sample).
-- `entropy`: 1 - normalised entropy of the answers of `entropy_samples` samples.
-  CSC/CSA use the first samples of the entropy run when both are asked for: the same
-  sampling settings, so one set of samples serves both.
+  downstream samples at the `sample_*` settings (the original's csc.py: 0.5 / 0.95 / top_k
+  100, 512 tokens, the text before the image); answer = the first sample; valid only when
+  all samples parse (`consistency_valid="all"`) or when the first does ("first").
+- `entropy`, `entropy_prompt4trust`: 1 - normalised entropy of the answers of
+  `entropy_samples` samples of the no-hint / Prompt4Trust prompt, at the downstream's own
+  settings (`entropy_sampling="downstream"`, the original's) or sharing the CSC samples
+  ("consistency": one set of samples serves both; no-hint only).
 - `logit`: the option-letter probability at the answer position; `logit_scaled`: the same
   after one temperature fitted (NLL) on the validation split `data.val_split`.
 - `calibprompt`: `logit` with soft prompt embeddings learnt on labelled examples
@@ -51,8 +54,9 @@ from prompt4trust_jax import (abstention, baselines, calibration, data, downstre
                               soft_prompt, train)
 from prompt4trust_jax.run_store import RunStore
 
-METHODS = ("no_hint", "fixed_hint", "prompt4trust", "csc", "csa", "entropy", "logit",
-           "logit_scaled", "calibprompt", "abstain", "prompt_search")
+METHODS = ("no_hint", "fixed_hint", "prompt4trust", "csc", "csa", "entropy",
+           "entropy_prompt4trust", "logit", "logit_scaled", "calibprompt", "abstain",
+           "prompt_search")
 NOISE_METHODS = ("no_hint", "prompt4trust", "rewrite")
 _SINGLE = ("no_hint", "fixed_hint", "prompt4trust", "calibprompt", "abstain", "prompt_search")
 
@@ -74,7 +78,7 @@ class Run:
 
 
 def plan(methods, consistency_samples: int = 21, entropy_samples: int = 40,
-         corruptions=(), noise_methods=()) -> list[Run]:
+         corruptions=(), noise_methods=(), entropy_sampling: str = "downstream") -> list[Run]:
   """The runs `methods` (and the noise grid) need, each once, in a fixed order."""
   unknown = sorted(set(methods) - set(METHODS)) + sorted(set(noise_methods) - set(NOISE_METHODS))
   if unknown:
@@ -85,10 +89,21 @@ def plan(methods, consistency_samples: int = 21, entropy_samples: int = 40,
   hint_of = {"no_hint": "none", "fixed_hint": "fixed", "prompt4trust": "policy"}
   runs = [Run(m, hint_of[m]) for m in hint_of if m in methods or (m == "no_hint" and
                                                                     "abstain" in methods)]
+  if entropy_sampling not in ("downstream", "consistency"):
+    raise ValueError(f"Unknown eval.entropy_sampling {entropy_sampling!r}; choose 'downstream' "
+                     "or 'consistency'.")
+  shared = entropy_sampling == "consistency"
+  if shared and "entropy_prompt4trust" in methods:
+    raise ValueError("entropy_prompt4trust samples the downstream's own settings; set "
+                     "eval.entropy_sampling='downstream'.")
   samples = max([consistency_samples for m in ("csc", "csa") if m in methods] +
-                [entropy_samples] * ("entropy" in methods) + [0])
+                [entropy_samples] * (shared and "entropy" in methods) + [0])
   if samples:
     runs.append(Run("samples", samples=samples, sampling=True))
+  if not shared:
+    runs += [Run(m, hint="policy" if m == "entropy_prompt4trust" else "none",
+                 samples=entropy_samples) for m in ("entropy", "entropy_prompt4trust")
+             if m in methods]
   if "logit" in methods or "logit_scaled" in methods:
     runs.append(Run("logit", mode="logit"))
   if "logit_scaled" in methods:
@@ -120,16 +135,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
   mesh = sharding.make_mesh(**config.mesh)
   e = config.eval
   runs = plan(e.methods, e.consistency_samples, e.entropy_samples, e.get("corruptions", ()),
-              e.get("noise_methods", ()))
+              e.get("noise_methods", ()), e.get("entropy_sampling", "downstream"))
   splits = {"test": _examples(config, workdir, config.data.split, config.data.num_examples)}
   if any(r.split == "val" or r.searched for r in runs):
     splits["val"] = _examples(config, workdir, config.data.val_split)
   d = config.downstream
-  answerer = downstream.Downstream.from_pretrained(
-      train.model_dir(d, workdir, config.seed, vision=True), dtype=d.dtype, mesh=mesh)
+  downstream_path = train.model_dir(d, workdir, config.seed, vision=True)
+  answerer = downstream.Downstream.from_pretrained(downstream_path, dtype=d.dtype, mesh=mesh)
   needs_policy = any(r.hint == "policy" or r.rewrite for r in runs) or (
       "prompt_search" in e.methods and not config.prompt_search.get("instruction_file"))
-  ctx = _Context(config, workdir, mesh, answerer,
+  ctx = _Context(config, workdir, mesh, answerer, downstream_path,
                  _Policy(config, workdir, mesh) if needs_policy else None, splits)
 
   stores = {}
@@ -176,50 +191,61 @@ class _Policy:
         p, p.train_workdir or workdir, config.seed, mesh)
     if p.train_workdir:
       step = train.load_policy(p.train_workdir, self.model, p.get("step") or None)
-      logging.info("Prompt4Trust policy: step %d of %s", step, p.train_workdir)
+      logging.info("Prompt4Trust policy: rollout %d of %s", step, p.train_workdir)
+    elif p.path:  # a released hint writer, e.g. xingshen/prompt4trust-cgpgenerator-1.5B
+      logging.info("Prompt4Trust policy: the checkpoint at %s as it is", p.path)
     else:
-      logging.warning("policy.train_workdir is empty: hints come from %s as it is.", base)
+      logging.warning("Neither policy.path nor policy.train_workdir is set: hints come from the "
+                      "random model %s.", base)
+    self.preset = prompts.preset(config.prompts.preset)
     self.max_new_tokens = p.max_new_tokens
+    self.settings = train.policy_sampling(p, base)
+
+  def _complete(self, user_texts) -> list[str]:
+    return hints.complete(self.model, self.tokenizer, self.eos, user_texts,
+                          max_new_tokens=self.max_new_tokens, rng=jax.random.key(0),
+                          **self.settings).texts
 
   def hints(self, examples) -> list[str]:
-    return hints.write(self.model, self.tokenizer, self.eos, examples,
-                       max_new_tokens=self.max_new_tokens, temperature=0.0)[2]
+    return [self.preset.hint(t) for t in self._complete(
+        [self.preset.policy(x["question"], x["options"]) for x in examples])]
 
   def rewrite_questions(self, examples) -> list[str]:
-    texts = hints.complete(self.model, self.tokenizer, self.eos,
-                           [prompts.rewrite_question_prompt(x["question"], x["options"])
-                            for x in examples], max_new_tokens=self.max_new_tokens,
-                           temperature=0.0)[2]
+    texts = self._complete([self.preset.rewrite(x["question"], x["options"]) for x in examples])
     # An empty rewrite would drop the question: keep the noisy one then.
-    return [t or x["question"] for t, x in zip(texts, examples)]
+    return [t.strip() or x["question"] for t, x in zip(texts, examples)]
 
 
 class _Context:
   """What runs share: the downstream, the policy, and the searched instruction / soft prompt
   (each made once, on first use, and kept in the workdir)."""
 
-  def __init__(self, config, workdir, mesh, answerer, policy, splits):
+  def __init__(self, config, workdir, mesh, answerer, downstream_path, policy, splits):
     self.config, self.workdir, self.mesh = config, workdir, mesh
-    self.answerer, self.policy, self.splits = answerer, policy, splits
+    self.answerer, self.downstream_path = answerer, downstream_path
+    self.policy, self.splits = policy, splits
+    self.preset = prompts.preset(config.prompts.preset)
     self._instruction = self._prompt = None
 
   def elicitation(self, r: Run) -> downstream.ElicitationConfig:
     d, b = self.config.downstream, self.config.eval
-    kwargs = dict(mode=r.mode or d.mode, parser=d.parser, max_new_tokens=d.max_new_tokens,
-                  temperature=d.temperature, top_p=d.top_p, top_k=d.get("top_k", 0))
-    if d.get("letters"):
-      kwargs.update(letters=d.letters)
-    if r.sampling:
-      kwargs.update(temperature=b.sample_temperature, top_p=b.sample_top_p,
-                    top_k=b.sample_top_k)
+    kwargs = dict(mode=r.mode or d.mode, preset=self.preset.name,
+                  letters=d.get("letters") or data.letters(self.config.data.name))
+    if r.sampling:  # the consistency baselines' own settings, every one set
+      kwargs.update(temperature=b.sample_temperature, top_p=b.sample_top_p, top_k=b.sample_top_k,
+                    repetition_penalty=b.get("sample_repetition_penalty", 1.0),
+                    max_new_tokens=b.get("sample_max_new_tokens") or d.max_new_tokens,
+                    image_first=b.get("sample_image_first", True))
     if r.mode == "logit":
       kwargs.update(temperature=0.0)  # the letter with the highest probability
+    if r.hint == "fixed":
+      kwargs.update(instruction=self.preset.fixed_hint_setting()[0])
     if r.abstain:
       kwargs.update(letters=parsing.ABSTAIN_LETTERS, parser="abstain",
                     instruction=prompts.ABSTAIN_INSTRUCTION)
     if r.searched:
       kwargs.update(instruction=self.searched_instruction())
-    return downstream.ElicitationConfig(**kwargs)
+    return downstream.elicitation_config(d, self.downstream_path, **kwargs)
 
   def answerer_for(self, r: Run) -> downstream.Downstream:
     return self.answerer.with_config(self.elicitation(r))
@@ -253,7 +279,7 @@ def _answer(r: Run, answerer, ctx: _Context, batch, key) -> list[dict]:
   if r.hint == "policy":
     written = ctx.policy.hints(batch)  # from the question as the downstream will see it
   else:
-    written = [prompts.FIXED_HINT if r.hint == "fixed" else None] * len(batch)
+    written = [ctx.preset.fixed_hint_setting()[1] if r.hint == "fixed" else None] * len(batch)
   if r.soft_prompt:
     out = soft_prompt.answer(answerer, ctx.soft_prompt(), batch, len(batch))
   else:
@@ -306,7 +332,7 @@ def _search_instruction(ctx: _Context) -> str:
       ctx.policy.model, ctx.policy.tokenizer, ctx.policy.eos, seed=ctx.config.seed,
       max_new_tokens=c.max_new_tokens, temperature=c.temperature)
   ranked = prompt_search.search(proposer, score, [ctx.config.downstream.get("instruction") or
-                                                  prompts.DOWNSTREAM_INSTRUCTION],
+                                                  ctx.preset.downstream_instruction],
                                 rounds=c.rounds, per_round=c.per_round, top_k=c.top_k,
                                 bucket=c.bucket)
   _save_search(path, cache, best=ranked[0].instruction)
@@ -334,10 +360,11 @@ def _score(config, stores, splits):
     elif m in ("csc", "csa"):
       s, n = stores["samples"], e.consistency_samples
       letter, csc, csa, valid = baselines.sample_consistency(
-          *(jnp.asarray(s.arrays(test, k, n)) for k in ("letters", "confidences", "valid")))
+          *(jnp.asarray(s.arrays(test, k, n)) for k in ("letters", "confidences", "valid")),
+          valid=e.get("consistency_valid", "all"))
       per_method[m] = (letter, csc if m == "csc" else csa, valid)
-    elif m == "entropy":
-      s, n = stores["samples"], e.entropy_samples
+    elif m in ("entropy", "entropy_prompt4trust"):
+      s, n = stores[m if m in stores else "samples"], e.entropy_samples
       per_method[m] = baselines.entropy_confidence(
           jnp.asarray(s.arrays(test, "letters", n)), jnp.asarray(s.arrays(test, "valid", n)),
           len(test[0]["options"]))

@@ -1,4 +1,5 @@
-"""Drawing the next token from logits: greedy, temperature, top-k, top-p, log-probs.
+"""Drawing the next token from logits: repetition penalty, greedy, temperature, top-k,
+top-p, log-probs.
 
 Pure functions over `[B, V]` arrays, jit- and vmap-friendly, with no sort of the
 vocabulary (on CPU a full sort costs ~40 ms for 8 x 32k logits): the nucleus is found
@@ -8,11 +9,42 @@ over 128-token blocks.
 Log-probabilities: `sample_token`'s log-prob is log softmax(logits / temperature) at
 the chosen token, over the full vocabulary (before top-k/top-p truncation), which is
 what a GRPO update recomputes as the "old" policy log-probability. With temperature 0
-(greedy) it is the plain log softmax of the logits.
+(greedy) it is the plain log softmax of the logits. A repetition penalty, like top-k and
+top-p, shapes only the draw: the caller passes the model's own logits as
+`logprob_logits_BxV`, so the recorded log-prob stays that of the unpenalised policy.
 """
 
 import jax
 import jax.numpy as jnp
+
+
+def mark_seen(seen_BxV: jax.Array, tokens_BxT: jax.Array,
+              mask_BxT: jax.Array | None = None) -> jax.Array:
+  """`seen_BxV` with each row's `tokens_BxT` set, except where `mask_BxT` is false.
+
+  One scatter of T ids per row; masked ids (padding) are sent past the vocabulary and dropped.
+  """
+  B, V = seen_BxV.shape
+  if tokens_BxT.ndim != 2 or tokens_BxT.shape[0] != B:
+    raise ValueError(f"tokens_BxT must be [{B}, T] to mark seen_BxV {seen_BxV.shape}, "
+                     f"got {tokens_BxT.shape}.")
+  if mask_BxT is not None:
+    tokens_BxT = jnp.where(mask_BxT.astype(bool), tokens_BxT, V)
+  rows_Bx1 = jnp.arange(B)[:, None]
+  return seen_BxV.at[rows_Bx1, tokens_BxT].set(True, mode="drop")
+
+
+def apply_repetition_penalty(logits_BxV: jax.Array, seen_BxV: jax.Array,
+                             penalty: float) -> jax.Array:
+  """HF's and vLLM's repetition penalty over the raw logits.
+
+  A seen token's logit is divided by `penalty` if positive, else multiplied by it, so a
+  penalty > 1 always makes a repeat less likely (< 1 more likely); unseen logits are unchanged.
+  """
+  if seen_BxV.shape != logits_BxV.shape:
+    raise ValueError(f"seen_BxV {seen_BxV.shape} must match logits_BxV {logits_BxV.shape}.")
+  penalised_BxV = jnp.where(logits_BxV > 0, logits_BxV / penalty, logits_BxV * penalty)
+  return jnp.where(seen_BxV, penalised_BxV, logits_BxV)
 
 
 def top_p_threshold(probs_BxV: jax.Array, top_p: float, mass_B: jax.Array | None = None,
@@ -92,12 +124,15 @@ def categorical(key: jax.Array, probs_BxV: jax.Array, block: int = 128) -> jax.A
 
 
 def sample_token(logits_BxV: jax.Array, key: jax.Array, *, temperature: float, top_k: int = 0,
-                 top_p: float = 1.0) -> tuple[jax.Array, jax.Array]:
+                 top_p: float = 1.0, logprob_logits_BxV: jax.Array | None = None
+                 ) -> tuple[jax.Array, jax.Array]:
   """Draws one token per row; returns `(token_B, logprob_B)` (see module docstring).
 
   Order as in vLLM/transformers: temperature, then top-k, then top-p (the smallest set
   of most likely tokens whose mass reaches top_p). temperature 0 is greedy. The log-prob
-  is the chosen logit less the row's logsumexp: no `[B, V]` log-softmax is written.
+  is the chosen logit less the row's logsumexp: no `[B, V]` log-softmax is written. It is
+  taken from `logprob_logits_BxV` when given (the unpenalised logits behind a penalised
+  `logits_BxV`), at the same temperature; that costs one more pass over the vocabulary.
   """
   if temperature == 0:
     scaled_BxV = logits_BxV
@@ -126,5 +161,11 @@ def sample_token(logits_BxV: jax.Array, key: jax.Array, *, temperature: float, t
         probs_BxV = jnp.where(probs_BxV >= top_p_threshold(probs_BxV, top_p, mass_B)[:, None],
                               probs_BxV, 0.0)
       token_B = categorical(key, probs_BxV)
+  if logprob_logits_BxV is not None:
+    if logprob_logits_BxV.shape != logits_BxV.shape:
+      raise ValueError(f"logprob_logits_BxV {logprob_logits_BxV.shape} must match logits_BxV "
+                       f"{logits_BxV.shape}.")
+    scaled_BxV = logprob_logits_BxV if temperature == 0 else logprob_logits_BxV / temperature
+    logsumexp_B = jax.nn.logsumexp(scaled_BxV, axis=-1)
   logprob_B = jnp.take_along_axis(scaled_BxV, token_B[:, None], axis=-1)[:, 0] - logsumexp_B
   return token_B.astype(jnp.int32), logprob_B

@@ -85,6 +85,6 @@ def llm_proposer(model: nnx.Module, tokenizer, eos_token_ids: Sequence[int], *, 
     return hints.complete(model, tokenizer, eos_token_ids, [meta_prompt(parents)],
                           num_per_prompt=n, max_new_tokens=max_new_tokens,
                           temperature=temperature, top_p=top_p,
-                          rng=jax.random.fold_in(jax.random.key(seed), round_index))[2]
+                          rng=jax.random.fold_in(jax.random.key(seed), round_index)).texts
 
   return propose

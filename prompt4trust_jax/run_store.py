@@ -63,9 +63,11 @@ class RunStore:
 
 
 # Settings that change stored answers; the others (methods, metrics) may change on resume.
-ANSWER_SETTINGS = ("seed", "policy", "downstream", "data", "eval.batch_size",
-                    "eval.consistency_samples", "eval.entropy_samples", "eval.sample_temperature",
-                    "eval.sample_top_p", "eval.sample_top_k", "soft_prompt", "prompt_search")
+ANSWER_SETTINGS = ("seed", "prompts", "policy", "downstream", "data", "eval.batch_size",
+                    "eval.consistency_samples", "eval.entropy_samples", "eval.entropy_sampling",
+                    "eval.sample_temperature", "eval.sample_top_p", "eval.sample_top_k",
+                    "eval.sample_repetition_penalty", "eval.sample_max_new_tokens",
+                    "eval.sample_image_first", "soft_prompt", "prompt_search")
 
 
 def check_settings(config, workdir: str):
@@ -74,7 +76,7 @@ def check_settings(config, workdir: str):
   for name in ANSWER_SETTINGS:
     value = config
     for part in name.split("."):
-      value = value.get(part)
+      value = None if value is None else value.get(part)
     settings[name] = value.to_dict() if hasattr(value, "to_dict") else value
   settings = json.loads(json.dumps(settings, default=str))
   path = os.path.join(workdir, "runs", "settings.json")

@@ -9,6 +9,13 @@ or the budget is spent, with no host round-trip per token (long budgets: one per
 Tokens are drawn by `next_token.sample_token`: `logprobs[t]` is log softmax(logits /
 temperature) at the chosen token over the full vocabulary (before top-k/top-p), what a
 GRPO update recomputes as the "old" policy log-probability.
+
+A repetition penalty (`SamplingParams.repetition_penalty` != 1, HF and vLLM semantics)
+rescales the raw logits of every token already in the row's prompt or its output
+before temperature, top-k and top-p (and before a `ChoiceTrie`'s restriction). Rows
+track what they have seen in `DecodeState.seen_BxV`, set by `prefill` from the real
+(unmasked) prompt tokens and by `emit` from each token drawn. The penalty shapes only
+the draw: `logprobs[t]` is still that of the model's own logits, as above.
 """
 
 import dataclasses
@@ -64,6 +71,21 @@ class SamplingParams:
   top_p: float = 1.0
   eos_token_ids: tuple[int, ...] = ()
   pad_token_id: int = 0
+  repetition_penalty: float = 1.0  # 1: off (no presence mask is kept or read)
+
+  def __post_init__(self):
+    _check_repetition_penalty(self.repetition_penalty)
+
+  @property
+  def penalized(self) -> bool:
+    """Whether the draw penalises seen tokens (the state then needs `seen_BxV`)."""
+    return self.repetition_penalty != 1.0
+
+
+def _check_repetition_penalty(penalty: float) -> None:
+  # `not penalty > 0` also catches NaN; inf would zero every positive seen logit.
+  if not (np.isfinite(penalty) and penalty > 0):
+    raise ValueError(f"repetition_penalty must be a finite number > 0 (1 = off), got {penalty}.")
 
 
 @struct.dataclass
@@ -86,10 +108,15 @@ class DecodeState:
   done_B: jax.Array
   node_B: jax.Array  # ChoiceTrie node when decoding is constrained, else 0
   choice_probs_BxC: jax.Array  # probabilities of the children at the first branching node
+  # Tokens each row has in its prompt or output so far; [B, 0] when no penalty reads it.
+  seen_BxV: jax.Array
 
 
 def init_state(model, batch: int, cache_length: int, max_new_tokens: int,
-               max_children: int = 1, pad_token_id: int = 0) -> DecodeState:
+               max_children: int = 1, pad_token_id: int = 0,
+               track_seen: bool = False) -> DecodeState:
+  """An empty state; `track_seen` (`params.penalized`) keeps a `[B, V]` presence mask."""
+  vocab = model.config.vocab_size if track_seen else 0
   return DecodeState(
       cache=model.init_cache(batch, cache_length),
       kv_valid_BxS=jnp.zeros((batch, cache_length), bool), slot=jnp.int32(0),
@@ -98,17 +125,26 @@ def init_state(model, batch: int, cache_length: int, max_new_tokens: int,
       logprobs_BxN=jnp.zeros((batch, max_new_tokens), jnp.float32),
       lengths_B=jnp.zeros(batch, jnp.int32), done_B=jnp.zeros(batch, bool),
       node_B=jnp.zeros(batch, jnp.int32),
-      choice_probs_BxC=jnp.zeros((batch, max_children), jnp.float32))
+      choice_probs_BxC=jnp.zeros((batch, max_children), jnp.float32),
+      seen_BxV=jnp.zeros((batch, vocab), bool))
 
 
-def prefill(model, state: DecodeState, x_BxTxD: jax.Array, positions, mask_BxT: jax.Array):
+def prefill(model, state: DecodeState, x_BxTxD: jax.Array, positions, mask_BxT: jax.Array,
+            tokens_BxT: jax.Array | None = None):
   """Writes T (left padded) inputs at `state.slot`; returns the last hidden state `[B, D]`.
 
   `positions` is `[B, T]` or `[3, B, T]` (M-RoPE). A row's next position becomes one
-  past the largest position of its real tokens (unchanged if it has none here).
+  past the largest position of its real tokens (unchanged if it has none here). When
+  the state tracks seen tokens (a repetition penalty), `tokens_BxT`, the ids behind
+  `x_BxTxD` (image placeholders included, as HF counts them), are marked where the mask is set.
   """
   T = x_BxTxD.shape[1]
   mask_BxT = mask_BxT.astype(bool)
+  if state.seen_BxV.shape[1]:
+    if tokens_BxT is None:
+      raise ValueError("prefill needs tokens_BxT (the prompt ids) when the state tracks seen "
+                       "tokens for a repetition penalty.")
+    state = state.replace(seen_BxV=next_token.mark_seen(state.seen_BxV, tokens_BxT, mask_BxT))
   kv_valid_BxS = jax.lax.dynamic_update_slice(state.kv_valid_BxS, mask_BxT, (0, state.slot))
   h_BxTxD, cache = model.step(x_BxTxD, positions,
                               kv_cache_lib.attention_mask(kv_valid_BxS, state.slot, T),
@@ -153,7 +189,17 @@ def emit(state: DecodeState, logits_BxV: jax.Array, key: jax.Array, params: Samp
   With a `trie` the draw (and its recorded log-prob) is from the model's distribution
   restricted to the row's allowed children; the children's unrestricted probabilities
   at the first branching node are kept in `choice_probs_BxC` (the logit mode reads them).
+  A repetition penalty rescales the raw logits of seen tokens for the draw only: the
+  log-prob and `choice_probs_BxC` are the model's own (unpenalised) ones.
   """
+  draw_BxV = logits_BxV
+  if params.penalized:
+    if state.seen_BxV.shape != logits_BxV.shape:
+      raise ValueError(f"repetition_penalty={params.repetition_penalty} needs seen_BxV of shape "
+                       f"{logits_BxV.shape}, got {state.seen_BxV.shape}: build the state with "
+                       f"init_state(..., track_seen=True).")
+    draw_BxV = next_token.apply_repetition_penalty(logits_BxV, state.seen_BxV,
+                                                   params.repetition_penalty)
   if trie is not None:
     children_BxC = trie.child_token[state.node_B]
     branching_B = (children_BxC >= 0).sum(-1) > 1
@@ -164,9 +210,15 @@ def emit(state: DecodeState, logits_BxV: jax.Array, key: jax.Array, params: Samp
     choice_probs_BxC = jnp.where(first_B[:, None], probs_BxC[:, :state.choice_probs_BxC.shape[1]],
                                  state.choice_probs_BxC)
     logits_BxV = constraints.allowed_logits(trie, state.node_B, logits_BxV)
+    draw_BxV = (constraints.allowed_logits(trie, state.node_B, draw_BxV) if params.penalized
+                else logits_BxV)
     state = state.replace(choice_probs_BxC=choice_probs_BxC)
-  token_B, logprob_B = next_token.sample_token(logits_BxV, key, temperature=params.temperature,
-                                               top_k=params.top_k, top_p=params.top_p)
+  token_B, logprob_B = next_token.sample_token(
+      draw_BxV, key, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
+      logprob_logits_BxV=logits_BxV if params.penalized else None)
+  if params.penalized:  # finished rows emit padding, which they never see
+    state = state.replace(seen_BxV=next_token.mark_seen(
+        state.seen_BxV, token_B[:, None], ~state.done_B[:, None]))
   token_B = jnp.where(state.done_B, params.pad_token_id, token_B)
   logprob_B = jnp.where(state.done_B, 0.0, logprob_B)
   done_B = state.done_B | jnp.isin(token_B, jnp.asarray(params.eos_token_ids or (-1,), jnp.int32))
@@ -288,9 +340,10 @@ def start(model, tokens_BxP, mask_BxP, rng, positions, image_embeds_IxD, head_Dx
   if positions is None:
     positions = positions_from_mask(mask_BxP)
   s = init_state(model, B, P if copies > 1 else P + slots, max_new_tokens,
-                 pad_token_id=params.pad_token_id)
+                 pad_token_id=params.pad_token_id, track_seen=params.penalized)
   s = s.replace(done_B=~mask_BxP.any(axis=-1))
-  h_BxD, s = prefill(model, s, model.embed(tokens_BxP, image_embeds_IxD), positions, mask_BxP)
+  h_BxD, s = prefill(model, s, model.embed(tokens_BxP, image_embeds_IxD), positions, mask_BxP,
+                     tokens_BxP)
   if copies > 1:
     s = share(s, copies, slots)
     h_BxD = jnp.repeat(h_BxD, copies, axis=0)
@@ -339,7 +392,8 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int, batch: int, pad_toke
   return tokens, mask
 
 
-def _validate(prompts, vocab_size, max_new_tokens, temperature, top_k, top_p):
+def _validate(prompts, vocab_size, max_new_tokens, temperature, top_k, top_p,
+              repetition_penalty):
   if not prompts:
     raise ValueError("prompts is empty; pass a list of token-id lists.")
   for i, prompt in enumerate(prompts):
@@ -357,17 +411,21 @@ def _validate(prompts, vocab_size, max_new_tokens, temperature, top_k, top_p):
     raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}.")
   if not 0 < top_p <= 1:
     raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
+  _check_repetition_penalty(repetition_penalty)
 
 
 def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
              eos_token_ids: Sequence[int] = (), rng: jax.Array | None = None,
              pad_token_id: int = 0, pixel_values=None, image_grid_thw=None,
-             copies: int = 1) -> GenerateOutput:
+             copies: int = 1, repetition_penalty: float = 1.0) -> GenerateOutput:
   """Samples continuations of token-id prompts of different lengths.
 
   temperature 0 is greedy; top_k 0 and top_p 1 switch those filters off. Each row
   stops after its first token in `eos_token_ids`. Same inputs and `rng`, same output.
+  `repetition_penalty` (1: off) is HF's and vLLM's: the logits of tokens already in the
+  row's prompt or output are divided by it if positive, else multiplied, before
+  temperature and the filters; the recorded log-probs ignore it (module docstring).
   A multimodal model also takes HF-style `pixel_values` / `image_grid_thw` for the
   images of all prompts in order, each prompt's `<|image_pad|>` already expanded.
   `copies` samples each prompt that many times (outputs prompt-major) from one prefill
@@ -376,7 +434,8 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_new_tok
   """
   if copies < 1:
     raise ValueError(f"copies must be >= 1, got {copies}.")
-  _validate(prompts, model.config.vocab_size, max_new_tokens, temperature, top_k, top_p)
+  _validate(prompts, model.config.vocab_size, max_new_tokens, temperature, top_k, top_p,
+            repetition_penalty)
   if rng is None:
     if temperature > 0:
       raise ValueError("Sampling with temperature > 0 needs rng=jax.random.key(seed).")
@@ -390,7 +449,8 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_new_tok
     positions, image_embeds = model.multimodal_inputs(tokens, mask, pixel_values, image_grid_thw)
   graphdef, state = nnx.split(model)
   params = SamplingParams(float(temperature), int(top_k), float(top_p),
-                          tuple(int(e) for e in eos_token_ids), int(pad_token_id))
+                          tuple(int(e) for e in eos_token_ids), int(pad_token_id),
+                          float(repetition_penalty))
   head_DxV = decode_head(model)
   if max_new_tokens > GROW_SLOTS:  # a growing cache, GROW_SLOTS tokens per compiled chunk
     s = _start(graphdef, state, tokens, mask, rng, positions, image_embeds, head_DxV,

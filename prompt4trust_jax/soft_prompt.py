@@ -133,9 +133,10 @@ def prepare(downstream: downstream_lib.Downstream,
            for x in examples]
   out = []
   for x, item, image in zip(examples, items, downstream.preprocess_images(items)):
-    prefix, suffix = downstream.prompt_ids(item, None, None if image is None else image[1])
-    ids = prefix + suffix + forced
-    ends = _option_ends(downstream.tokenizer, prefix + suffix, item.options)
+    prompt = downstream.prompt_ids(item, None, None if image is None else image[1])
+    ids = prompt + forced
+    shown = prompts.preset(downstream.config.preset).cells(item.question, item.options)[1]
+    ends = _option_ends(downstream.tokenizer, prompt, shown)
     positions, embeds = np.arange(len(ids), dtype=np.int32), None
     if image is not None:
       positions, embeds = downstream.model.multimodal_inputs(

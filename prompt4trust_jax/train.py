@@ -1,12 +1,19 @@
 """The Prompt4Trust loop: hints from the policy, answers from the frozen downstream,
 calibration rewards, GRPO updates, Orbax checkpoints that resume exactly.
 
-Sampling keys are functions of (seed, step) and the questions come from a Grain
+Two counts: a *rollout* is one batch of `questions_per_step` questions x G hints, answered
+and rewarded; each rollout is then reused for `num_iterations` *optimizer steps* (TRL's
+global steps). `train.rollouts` (or `train.epochs` over the split) sets the length; the
+learning rate schedule runs over the optimizer steps; checkpoints are numbered by rollout.
+
+Sampling keys are functions of (seed, rollout) and the questions come from a Grain
 iterator whose state is saved with each checkpoint, so a checkpoint (policy parameters,
 optimizer state, step, iterator state) continues bit for bit.
 """
 
+import dataclasses
 import json
+import math
 import os
 import time
 
@@ -15,12 +22,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
 from prompt4trust_jax import (calibration, data, downstream, fixtures, grpo, hints, models,
-                              rewards, sampling, sharding, update)
+                              prompts, rewards, sampling, sharding, update)
+from prompt4trust_jax.models import generation_config
 from prompt4trust_jax.models import tokenizer as tokenizer_lib
 
 
@@ -39,10 +48,46 @@ def model_dir(section, workdir: str, seed: int, vision: bool) -> str:
 
 
 def _data_iterator(config, workdir: str):
-  """A Grain iterator over the configured split: lists of `questions_per_step` examples."""
+  """`(iterator, split size)`: a Grain iterator over the configured split, lists of
+  `questions_per_step` examples."""
   records = data.configured_source(config.data, config.data.split, workdir)
   # Every host reads the same questions: the rollout is computed whole on each host.
-  return iter(data.batches(records, config.data.questions_per_step, config.seed))
+  return iter(data.batches(records, config.data.questions_per_step, config.seed)), len(records)
+
+
+def num_rollouts(train_section, questions_per_step: int, split_size: int) -> int:
+  """`train.rollouts`, or `train.epochs` passes over the split (TRL's num_train_epochs)."""
+  epochs = train_section.get("epochs") or 0
+  if train_section.rollouts and epochs:
+    raise ValueError(f"Set train.rollouts ({train_section.rollouts}) or train.epochs ({epochs}), "
+                     "not both.")
+  if epochs:
+    return max(1, math.ceil(epochs * split_size / questions_per_step))
+  if train_section.rollouts < 1:
+    raise ValueError("train.rollouts must be >= 1 (or set train.epochs).")
+  return train_section.rollouts
+
+
+def learning_rate(section, total_optimizer_steps: int):
+  """The optimizer section's schedule: "constant", or "linear" to 0 over every optimizer
+  step after `warmup_steps` (TRL's default: linear, no warmup)."""
+  lr, warmup = section.learning_rate, section.get("warmup_steps", 0)
+  schedule = section.get("schedule", "constant")
+  if schedule == "constant":
+    return lr
+  if schedule != "linear":
+    raise ValueError(f"Unknown optimizer.schedule {schedule!r}; choose 'constant' or 'linear'.")
+  decay = optax.linear_schedule(lr, 0.0, max(total_optimizer_steps - warmup, 1))
+  if not warmup:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+
+
+def policy_sampling(section, path: str) -> dict:
+  """temperature / top_p / top_k / repetition_penalty of a policy sampling section, unset ones
+  from the checkpoint's generation_config.json when `sampling_defaults` says so."""
+  settings = {k: section.get(k) for k in generation_config.SAMPLING_FIELDS}
+  return generation_config.resolve(settings, path, section.get("sampling_defaults", "neutral"))
 
 
 def policy_model(section, workdir: str, seed: int, mesh=None):
@@ -82,22 +127,28 @@ def load_policy(workdir: str, policy: nnx.Module, step: int | None = None) -> in
 class Logger:
   """absl progress lines, a JSONL file and TensorBoard events in the workdir."""
 
-  def __init__(self, workdir: str, total_steps: int):
+  def __init__(self, workdir: str, total_rollouts: int, num_iterations: int):
     from tensorboardX import SummaryWriter  # a small writer without TensorFlow
     self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
     self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-    self.total, self.start, self.first = total_steps, time.time(), None
+    self.total, self.start, self.first = total_rollouts, time.time(), None
+    self.num_iterations = num_iterations
 
-  def write(self, step: int, metrics: dict[str, float]):
-    self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+  def write(self, rollout: int, metrics: dict[str, float]):
+    """One record per rollout; TensorBoard's x axis is the optimizer step (TRL's)."""
+    optimizer_step = rollout * self.num_iterations
+    self.jsonl.write(json.dumps({"rollout": rollout, "optimizer_step": optimizer_step,
+                                 **metrics}) + "\n")
     self.jsonl.flush()
     for key, value in metrics.items():
-      self.tb.add_scalar(key, value, step)
-    self.first = self.first if self.first is not None else step - 1
-    rate = (step - self.first) / max(time.time() - self.start, 1e-9)
-    eta = (self.total - step) / max(rate, 1e-9)
-    logging.info("step %d/%d  %.3f steps/s  ETA %.0fs  reward %.3f  accuracy %.2f  ece %.3f  loss %.4f",
-                 step, self.total, rate, eta, metrics.get("reward/total/mean", float("nan")),
+      self.tb.add_scalar(key, value, optimizer_step)
+    self.first = self.first if self.first is not None else rollout - 1
+    rate = (rollout - self.first) / max(time.time() - self.start, 1e-9)
+    eta = (self.total - rollout) / max(rate, 1e-9)
+    logging.info("rollout %d/%d (optimizer step %d/%d)  %.3f rollouts/s  ETA %.0fs  reward %.3f  "
+                 "accuracy %.2f  ece %.3f  loss %.4f", rollout, self.total, optimizer_step,
+                 self.total * self.num_iterations, rate, eta,
+                 metrics.get("reward/total/mean", float("nan")),
                  metrics.get("downstream/accuracy", float("nan")),
                  metrics.get("downstream/ece", float("nan")), metrics.get("loss", float("nan")))
 
@@ -107,17 +158,19 @@ class Logger:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains (or resumes) the policy; returns the last step's metrics."""
+  """Trains (or resumes) the policy; returns the last rollout's metrics."""
   os.makedirs(workdir, exist_ok=True)
   if config.get("distributed") is not None:
     sharding.initialize_distributed(**config.distributed)
   mesh = sharding.make_mesh(**config.mesh)
-  policy, tokenizer, eos, _ = policy_model(config.policy, workdir, config.seed, mesh)
+  preset = prompts.preset(config.prompts.preset)
+  policy, tokenizer, eos, policy_path = policy_model(config.policy, workdir, config.seed, mesh)
   d = config.downstream
+  downstream_path = model_dir(d, workdir, config.seed, vision=True)
+  letters = data.letters(config.data.name)
   answerer = downstream.Downstream.from_pretrained(
-      model_dir(d, workdir, config.seed, vision=True),
-      downstream.ElicitationConfig(mode=d.mode, temperature=d.temperature, top_p=d.top_p,
-                                   max_new_tokens=d.max_new_tokens),
+      downstream_path, downstream.elicitation_config(d, downstream_path, preset=preset.name,
+                                                     letters=letters),
       dtype=d.dtype, mesh=mesh)
   reward_spec = rewards.from_config(config.reward)
   g = config.grpo
@@ -127,15 +180,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                                 max_completion_length=config.sampling.max_new_tokens)
   graphdef, initial = nnx.split(policy)
   reference = jax.tree.map(jnp.copy, initial) if g.beta else None
-  tx = update.optimizer(config.optimizer.learning_rate, config.optimizer.weight_decay,
-                        config.optimizer.max_grad_norm)
+  policy_settings = policy_sampling(config.sampling, policy_path)
+  batches, split_size = _data_iterator(config, workdir)
+  total = num_rollouts(config.train, config.data.questions_per_step, split_size)
+  o = config.optimizer
+  tx = update.optimizer(learning_rate(o, total * g.num_iterations), o.weight_decay,
+                        o.max_grad_norm)
   state, step_fn = update.sharded_train_step(
       update.TrainState.create(policy, tx), mesh, config=loss_config,
-      temperature=config.sampling.temperature, micro_batches=g.micro_batches,
+      temperature=policy_settings["temperature"], micro_batches=g.micro_batches,
       group_size=config.sampling.num_generations)
+  rollout = _Rollout(config, answerer, tokenizer, eos, reward_spec, reference, preset, letters,
+                     policy_settings, _sampling_graphdef(policy, config.policy.get("sampling_dtype")))
 
   manager = _checkpoints(workdir, config.train.keep_checkpoints)
-  batches = _data_iterator(config, workdir)
   start = 0
   if manager.latest_step() is not None:
     start = manager.latest_step()
@@ -143,33 +201,37 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     restored = manager.restore(start, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(batches)))
     state = state.replace(**restored["state"])
-    logging.info("Resumed from step %d in %s", start, workdir)
+    logging.info("Resumed from rollout %d (optimizer step %d) in %s", start,
+                 start * g.num_iterations, workdir)
+  logging.info("%d rollouts of %d questions x %d hints, %d optimizer steps in all", total,
+               config.data.questions_per_step, config.sampling.num_generations,
+               total * g.num_iterations)
 
   base_key = jax.random.key(config.seed)
-  logger = Logger(workdir, config.train.total_steps)
+  logger = Logger(workdir, total, g.num_iterations)
   failures, metrics = 0, {}
   try:
-    for step in range(start, config.train.total_steps):
+    for step in range(start, total):
       key = jax.random.fold_in(base_key, step)
-      batch, info = _rollout(config, state, answerer, tokenizer, eos, reward_spec, reference,
-                             next(batches), key)
+      batch, info = rollout(state, next(batches), key)
       if not np.isfinite(info["reward/total/mean"]):
         failures += 1
-        logging.warning("Step %d: non-finite reward; update skipped (%d in a row).", step, failures)
+        logging.warning("Rollout %d: non-finite reward; update skipped (%d in a row).", step,
+                        failures)
       else:
         for _ in range(g.num_iterations):
           state, step_metrics = step_fn(state, batch)
         step_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         failures = failures + 1 if step_metrics["skipped"] else 0
         if step_metrics["skipped"]:
-          logging.warning("Step %d: non-finite loss or gradient; update skipped.", step)
+          logging.warning("Rollout %d: non-finite loss or gradient; update skipped.", step)
         metrics = {**info, **step_metrics}
         logger.write(step + 1, metrics)
       if failures > config.train.max_failures:
         raise FloatingPointError(
-            f"{failures} updates in a row were not finite (last at step {step}); check the "
+            f"{failures} updates in a row were not finite (last at rollout {step}); check the "
             "learning rate and the reward settings. No checkpoint was written from them.")
-      if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == config.train.total_steps:
+      if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == total:
         manager.save(step + 1, args=ocp.args.Composite(
             state=ocp.args.StandardSave(
                 {"params": state.params, "opt_state": state.opt_state, "step": state.step}),
@@ -180,40 +242,72 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   return metrics
 
 
-def _rollout(config, state, answerer, tokenizer, eos, reward_spec, reference, examples, key):
-  """Hints for each question (G each), the downstream's answers, rewards -> an update batch."""
-  s, G = config.sampling, config.sampling.num_generations
-  prompt_ids, out, texts = hints.write(
-      nnx.merge(state.graphdef, state.params), tokenizer, eos, examples, num_per_prompt=G,
-      max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-      rng=jax.random.fold_in(key, 0))
-  items = [downstream.Item(e["question"], tuple(e["options"]), e["image"]) for e in examples]
-  answers = answerer.answer(items, hints.group(texts, G), jax.random.fold_in(key, 1))
-  answer_B = np.repeat([e["answer"] for e in examples], G).astype(np.int32)
-  judged = rewards.Judged(letter_B=jnp.asarray(answers.letter_index),
-                          confidence_B=jnp.asarray(answers.confidence),
-                          valid_B=jnp.asarray(answers.valid), answer_B=jnp.asarray(answer_B))
-  veto_B = None
-  if reward_spec.veto:
-    veto_B = jnp.asarray(reward_spec.veto_mask(texts, ["ABCD"[a] for a in answer_B]))
-  total_B, per_term = reward_spec(judged, veto_B)
-  info = {f"reward/{k}": float(v) for k, v in rewards.summarize(per_term, total_B, veto_B).items()}
-  info.update({f"downstream/{k}": float(v) for k, v in calibration.summary(
-      judged.confidence_B, judged.valid_B, judged.correct_B).items()})
+def _sampling_graphdef(policy: nnx.Module, dtype: str | None):
+  """The policy's graph computing (and storing) in `dtype` for rollouts; None: the policy's."""
+  if not dtype or dtype == policy.config.dtype:
+    return None
+  config = dataclasses.replace(policy.config, dtype=dtype, param_dtype=dtype)
+  return nnx.graphdef(nnx.eval_shape(lambda: type(policy)(config, rngs=nnx.Rngs(0))))
 
-  tokens, mask = sampling.left_pad(prompt_ids, sampling.bucket_length(max(map(len, prompt_ids))),
-                                   len(prompt_ids), tokenizer.pad_token_id or 0)
-  N = out.tokens_BxN.shape[1]
-  completion_mask = (np.arange(N)[None] < out.lengths_B[:, None]).astype(np.float32)
-  batch = update.Batch(
-      tokens_BxL=jnp.asarray(np.concatenate([np.repeat(tokens, G, 0), out.tokens_BxN], 1)),
-      attention_mask_BxL=jnp.asarray(np.concatenate([np.repeat(mask, G, 0), completion_mask], 1),
-                                     jnp.int32),
-      completion_mask_BxN=jnp.asarray(completion_mask), old_logp_BxN=jnp.asarray(out.logprobs_BxN),
-      advantages_B=grpo.advantages(total_B, G, config.grpo.advantage))
-  if reference is not None:
-    batch = batch.replace(ref_logp_BxN=update.reference_logprobs(
-        state.graphdef, reference, batch.tokens_BxL, batch.attention_mask_BxL, N,
-        config.sampling.temperature, group_size=G))
-  info["hint_length/mean"] = float(out.lengths_B.mean())
-  return batch, info
+
+class _Rollout:
+  """One rollout: hints for each question (G each), the downstream's answers, rewards -> an
+  update batch. Settings that do not change between rollouts are bound once here."""
+
+  def __init__(self, config, answerer, tokenizer, eos, reward_spec, reference, preset, letters,
+               sampling_settings, sampling_graphdef):
+    self.config, self.answerer, self.tokenizer, self.eos = config, answerer, tokenizer, eos
+    self.reward_spec, self.reference, self.preset = reward_spec, reference, preset
+    self.letters, self.sampling_settings = letters, sampling_settings
+    self.sampling_graphdef = sampling_graphdef
+
+  def _sampler(self, state) -> nnx.Module:
+    if self.sampling_graphdef is None:
+      return nnx.merge(state.graphdef, state.params)
+    dtype = jnp.dtype(self.config.policy.sampling_dtype)
+    return nnx.merge(self.sampling_graphdef, jax.tree.map(lambda x: x.astype(dtype), state.params))
+
+  def __call__(self, state, examples, key):
+    config, G = self.config, self.config.sampling.num_generations
+    s = config.sampling
+    prompt_ids, out, texts = hints.write(
+        self._sampler(state), self.tokenizer, self.eos, examples, preset=self.preset,
+        num_per_prompt=G, max_new_tokens=s.max_new_tokens, rng=jax.random.fold_in(key, 0),
+        **self.sampling_settings)
+    items = [downstream.Item(e["question"], tuple(e["options"]), e["image"]) for e in examples]
+    answers = self.answerer.answer(items, hints.group(texts, G), jax.random.fold_in(key, 1))
+    answer_B = np.repeat([e["answer"] for e in examples], G).astype(np.int32)
+    judged = rewards.Judged(letter_B=jnp.asarray(answers.letter_index),
+                            confidence_B=jnp.asarray(answers.confidence),
+                            valid_B=jnp.asarray(answers.valid), answer_B=jnp.asarray(answer_B))
+    veto_B = None
+    if self.reward_spec.veto:
+      veto_B = jnp.asarray(self.reward_spec.veto_mask(texts, [self.letters[a] for a in answer_B]))
+    total_B, per_term = self.reward_spec(judged, veto_B)
+    info = {f"reward/{k}": float(v)
+            for k, v in rewards.summarize(per_term, total_B, veto_B).items()}
+    info.update({f"downstream/{k}": float(v) for k, v in calibration.summary(
+        judged.confidence_B, judged.valid_B, judged.correct_B).items()})
+
+    tokens, mask = sampling.left_pad(prompt_ids, sampling.bucket_length(max(map(len, prompt_ids))),
+                                     len(prompt_ids), self.tokenizer.pad_token_id or 0)
+    N = out.tokens_BxN.shape[1]
+    completion_mask = (np.arange(N)[None] < out.lengths_B[:, None]).astype(np.float32)
+    batch = update.Batch(
+        tokens_BxL=jnp.asarray(np.concatenate([np.repeat(tokens, G, 0), out.tokens_BxN], 1)),
+        attention_mask_BxL=jnp.asarray(
+            np.concatenate([np.repeat(mask, G, 0), completion_mask], 1), jnp.int32),
+        completion_mask_BxN=jnp.asarray(completion_mask),
+        old_logp_BxN=jnp.asarray(out.logprobs_BxN),
+        advantages_B=grpo.advantages(total_B, G, config.grpo.advantage))
+    logprobs = lambda params: update.reference_logprobs(
+        state.graphdef, params, batch.tokens_BxL, batch.attention_mask_BxL, N,
+        self.sampling_settings["temperature"], group_size=G)
+    if self.sampling_graphdef is not None:
+      # Sampled in another precision: the ratio's "old" log-probs are the update's own
+      # forward at generation time, as TRL computes them.
+      batch = batch.replace(old_logp_BxN=logprobs(state.params))
+    if self.reference is not None:
+      batch = batch.replace(ref_logp_BxN=logprobs(self.reference))
+    info["hint_length/mean"] = float(out.lengths_B.mean())
+    return batch, info

@@ -19,11 +19,33 @@ def test_consistency_and_average_confidence_by_hand():
                           [0.3, 0.0, 0.0, 0.0, 0.0]])
   valid = jnp.array([[True, True, True, True, False], [False, True, True, True, True],
                      [True] * 5])
-  letter_B, csc_B, csa_B, valid_B = baselines.sample_consistency(letter, confidence, valid)
+  letter_B, csc_B, csa_B, valid_B = baselines.sample_consistency(letter, confidence, valid,
+                                                                  valid="first")
   np.testing.assert_array_equal(letter_B, [1, -1, 2])
   np.testing.assert_allclose(csc_B, [0.5, 0.0, 0.0])
   np.testing.assert_allclose(csa_B, [1.4 / 1.8, 0.0, 0.0], rtol=1e-6)
   np.testing.assert_array_equal(valid_B, [True, False, True])
+
+
+def test_consistency_as_the_original_csc_by_hand():
+  # The original's csc.py: an unparsed sample is (-1, 1e-12); the question is valid only if
+  # all samples parse. Question 0: first B; others B (.8), B (.6), C (.4), unparsed (1e-12):
+  #   CSC = 2/4; CSA = (.8 + .6) / (.8 + .6 + .4 + 1e-12 + 1e-12); invalid (one unparsed).
+  # Question 1: first unparsed; others: unparsed, A (.5), unparsed, A (.5) -> the two unparsed
+  #   "agree" with it: CSC = 2/4, CSA = 2e-12 / (1 + 2e-12 + 1e-12); answer -1, invalid.
+  # Question 2: all parse; first C (.3), others A, B, D at 0 -> CSC 0, CSA 0 / 1e-12 = 0.
+  letter = jnp.array([[1, 1, 1, 2, 3], [-1, 3, 0, 2, 0], [2, 0, 1, 3, 0]])
+  confidence = jnp.array([[0.9, 0.8, 0.6, 0.4, 0.7], [0.0, 0.9, 0.5, 0.9, 0.5],
+                          [0.3, 0.0, 0.0, 0.0, 0.0]])
+  valid = jnp.array([[True, True, True, True, False], [False, False, True, False, True],
+                     [True] * 5])
+  letter_B, csc_B, csa_B, valid_B = baselines.sample_consistency(letter, confidence, valid)
+  np.testing.assert_array_equal(letter_B, [1, -1, 2])
+  np.testing.assert_allclose(csc_B, [0.5, 0.5, 0.0])
+  np.testing.assert_allclose(csa_B, [1.4 / (1.8 + 3e-12), 2e-12 / (1 + 3e-12), 0.0], rtol=1e-6)
+  np.testing.assert_array_equal(valid_B, [False, False, True])
+  with pytest.raises(ValueError, match="'some'"):
+    baselines.sample_consistency(letter, confidence, valid, valid="some")
 
 
 def test_consistency_needs_two_samples():

@@ -97,15 +97,48 @@ def test_auroc_matches_the_pairwise_definition_with_ties():
 def test_selective_risk_curve_by_hand():
   conf = jnp.array([0.6, 0.9, 0.6, 0.3, 0.9])
   right = jnp.array([1.0, 0.0, 0.0, 1.0, 1.0])
-  # Most confident first, ties in input order: items 1, 4, 0, 2, 3 -> right 0, 1, 1, 0, 1;
-  # errors so far 1, 1, 1, 2, 2 over k = 1..5.
+  # Thresholds, most confident first: >= .9 keeps items 1, 4 (1 error of 2); >= .6 adds 0, 2
+  # (2 of 4); >= .3 adds 3 (2 of 5). Each tied row carries its group's point.
   coverage, risk = calibration.selective_risk_curve(conf, right)
-  np.testing.assert_allclose(coverage, [0.2, 0.4, 0.6, 0.8, 1.0], rtol=1e-6)
-  np.testing.assert_allclose(risk, [1, 1 / 2, 1 / 3, 2 / 4, 2 / 5], rtol=1e-6)
-  assert calibration.aurc(conf, right) == pytest.approx((1 + 1 / 2 + 1 / 3 + 2 / 4 + 2 / 5) / 5)
+  np.testing.assert_allclose(coverage, [0.4, 0.4, 0.8, 0.8, 1.0], rtol=1e-6)
+  np.testing.assert_allclose(risk, [1 / 2, 1 / 2, 2 / 4, 2 / 4, 2 / 5], rtol=1e-6)
+  assert calibration.aurc(conf, right) == pytest.approx((4 * 1 / 2 + 2 / 5) / 5)
   coverage, risk = calibration.selective_risk_curve(jnp.array([0.7]), jnp.array([0.0]))
   np.testing.assert_allclose(coverage, [1.0])
   np.testing.assert_allclose(risk, [1.0])
+
+
+def test_aurc_two_tied_rows_in_either_order():
+  # One threshold keeps both rows: risk 1/2 for each, whichever comes first.
+  aurc = jax.jit(calibration.aurc)
+  assert aurc(jnp.array([0.7, 0.7]), jnp.array([1.0, 0.0])) == pytest.approx(0.5)
+  assert aurc(jnp.array([0.7, 0.7]), jnp.array([0.0, 1.0])) == pytest.approx(0.5)
+
+
+def test_aurc_mixing_ties_and_distinct_values_by_hand():
+  conf = jnp.array([0.8, 0.5, 0.8, 0.5, 0.5, 0.2])
+  right = jnp.array([1.0, 0.0, 0.0, 1.0, 0.0, 1.0])
+  # >= .8: rows 0, 2, 1 error of 2 -> risk 1/2 at coverage 2/6.
+  # >= .5: adds rows 1, 3, 4 (2 errors) -> 3 of 5 at 5/6.
+  # >= .2: adds row 5 (right) -> 3 of 6 at 1.
+  # AURC: rows weigh 1/6 each at their group's risk: (2 x 1/2 + 3 x 3/5 + 1/2) / 6 = 0.55.
+  coverage, risk = calibration.selective_risk_curve(conf, right)
+  np.testing.assert_allclose(coverage, [2 / 6, 2 / 6, 5 / 6, 5 / 6, 5 / 6, 1.0], rtol=1e-6)
+  np.testing.assert_allclose(risk, [1 / 2, 1 / 2, 3 / 5, 3 / 5, 3 / 5, 1 / 2], rtol=1e-6)
+  assert calibration.aurc(conf, right) == pytest.approx(0.55, abs=1e-6)
+
+
+def test_aurc_with_many_ties_matches_numpy_and_ignores_row_order():
+  rng = np.random.default_rng(2)
+  conf = np.round(rng.random(80), 1).astype(np.float32)  # Rounding makes many ties.
+  right = (rng.random(80) < conf).astype(np.float32)
+  # Row by row: the error rate of every row at least as confident as this one.
+  expected = np.mean([np.mean(1 - right[conf >= c]) for c in conf])
+  aurc = jax.jit(calibration.aurc)
+  for _ in range(5):
+    order = rng.permutation(80)
+    assert aurc(jnp.asarray(conf[order]), jnp.asarray(right[order])) == pytest.approx(
+        expected, abs=1e-6)
 
 
 def test_nll_stays_finite_at_confidence_0_and_1():

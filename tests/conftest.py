@@ -34,3 +34,17 @@ def tiny_dir(tmp_path_factory):
   from prompt4trust_jax import fixtures
   return fixtures.write_random_qwen2(str(tmp_path_factory.mktemp("tiny")),
                                      fixtures.shape_config("tiny"))
+
+
+@pytest.fixture(scope="session")
+def realistic_policy_dir(tmp_path_factory):
+  """Qwen2.5-1.5B-Instruct's real tokenizer, template and config files, tiny random weights."""
+  from tests import realistic
+  return realistic.write_policy(str(tmp_path_factory.mktemp("realistic_policy")))
+
+
+@pytest.fixture(scope="session")
+def realistic_vl_dir(tmp_path_factory):
+  """Qwen2-VL-2B-Instruct's real tokenizer, templates and processor files, tiny random weights."""
+  from tests import realistic
+  return realistic.write_downstream(str(tmp_path_factory.mktemp("realistic_vl")))

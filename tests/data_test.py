@@ -3,15 +3,17 @@
 import csv
 import json
 import os
+import random
 import shutil
 import zipfile
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from prompt4trust_jax import data
-from prompt4trust_jax.data import validation
+from prompt4trust_jax.data import pmc_vqa, validation
 
 FIXTURE = data.FIXTURE_DIR
 
@@ -35,26 +37,148 @@ def mini(tmp_path_factory):
           for split in ("train_32", "val_8", "test_clean")}
 
 
-def test_mini_splits_follow_the_seed_42_order_of_train_csv(mini):
+def _reference_draw(folder, limit):
+  """vccrl-llm's gen_train.py loop, re-done plainly: (kept row indices in order, rows drawn)."""
+  rows = _csv_rows(folder, "train")
+  rng = random.Random(42)
+  used, kept = set(), []
+  while len(kept) < limit and len(used) < len(rows):
+    idx = rng.randint(0, len(rows) - 1)
+    if idx in used:
+      continue
+    used.add(idx)
+    path = os.path.join(folder, "images", rows[idx]["Figure_path"])
+    if not os.path.exists(path):
+      continue
+    try:
+      image = Image.open(path).convert("RGB")
+    except Exception:
+      continue
+    if image.height >= 28 and image.width >= 28:
+      kept.append(idx)
+  return kept, len(used)
+
+
+def _id_set(records):
+  return {data.decode(r)["id"] for r in records}
+
+
+def _skipped(data_dir, config):
+  with open(os.path.join(data_dir, "pmc_vqa", config, str(pmc_vqa.PmcVqa.VERSION),
+                         "skipped.json")) as f:
+    return json.load(f)
+
+
+def test_mini_splits_follow_the_reference_draw_of_train_csv(mini):
   train_rows = _csv_rows(FIXTURE, "train")
-  # The paper's recipe, worked out independently: a seed-42 permutation of train.csv's rows
-  # (pandas' sample(frac=1, random_state=42) order); the first 32 train, the next 8 validate.
-  order = np.random.RandomState(42).permutation(len(train_rows))
-  expected_train = {f"train-{i:06d}" for i in order[:32]}
-  expected_val = {f"train-{i:06d}" for i in order[32:40]}
+  # The original's draw: the first 32 rows it keeps train, the next 8 validate. TFDS stores
+  # records in its own (key-hash) order, so only the sets can be compared.
+  order, _ = _reference_draw(FIXTURE, 40)
+  assert len(order) == 40
   train = [data.decode(r) for r in mini["train_32"]]
   val = [data.decode(r) for r in mini["val_8"]]
-  assert {e["id"] for e in train} == expected_train
-  assert {e["id"] for e in val} == expected_val
+  assert {e["id"] for e in train} == {f"train-{i:06d}" for i in order[:32]}
+  assert {e["id"] for e in val} == {f"train-{i:06d}" for i in order[32:]}
   assert len(mini["test_clean"]) == len(_csv_rows(FIXTURE, "test_clean"))
   for example in train + val:
     row = train_rows[int(example["id"].split("-")[1])]
+    # Cells as written in the CSV (the options keep their trailing spaces).
     assert example["question"] == row["Question"]
     assert example["options"] == tuple(row[f"Choice {x}"] for x in "ABCD")
     assert "ABCD"[example["answer"]] == row["Answer_label"]
     with Image.open(os.path.join(FIXTURE, "images", row["Figure_path"])) as source:
       np.testing.assert_array_equal(np.asarray(example["image"]),
                                     np.asarray(source.convert("RGB")))
+
+
+def _build(config, manual, data_dir):
+  """Every split of a PMC-VQA build under a config made for the test."""
+  builder = pmc_vqa.PmcVqa(config=config, data_dir=data_dir, file_format="array_record")
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual))
+  skip = {"image": tfds.decode.SkipDecoding()}  # Records as data.source gives them.
+  return {name: builder.as_data_source(split=name, decoders=skip)
+          for name in builder.info.splits}
+
+
+def test_paper_permutation_keeps_the_seed_42_permutation(tmp_path):
+  config = pmc_vqa.PmcVqa.builder_configs["paper_permutation"]
+  assert (config.selection, config.seed, config.train_size, config.val_size) == (
+      "permutation", 42, 5000, 1000)
+  # The same selection at the fixture's size: a seed-42 permutation of train.csv's rows
+  # (pandas' sample(frac=1, random_state=42) order); the first 32 train, the next 8 validate.
+  small = pmc_vqa.PmcVqaConfig(name="permutation_32", train_size=32, val_size=8,
+                               selection="permutation")
+  splits = _build(small, FIXTURE, str(tmp_path / "tfds"))
+  order = np.random.RandomState(42).permutation(len(_csv_rows(FIXTURE, "train")))
+  assert _id_set(splits["train_32"]) == {f"train-{i:06d}" for i in order[:32]}
+  assert _id_set(splits["val_8"]) == {f"train-{i:06d}" for i in order[32:40]}
+  with pytest.raises(ValueError, match="selection 'shuffle'; choose from"):
+    pmc_vqa.PmcVqaConfig(name="bad", train_size=1, val_size=1, selection="shuffle")
+
+
+def _spoilt_copy(tmp_path, spoil):
+  """The fixture with `spoil(rows)` applied to train.csv's rows."""
+  folder = str(tmp_path / "spoilt")
+  shutil.copytree(FIXTURE, folder)
+  rows = _csv_rows(folder, "train")
+  spoil(rows)
+  _write_csv(folder, "train", rows)
+  return folder
+
+
+def test_reference_draw_passes_over_rows_the_original_skips(tmp_path):
+  order, _ = _reference_draw(FIXTURE, 48)  # The intact draw: every row, in draw order.
+  missing, unsafe = order[3], order[35]
+
+  def spoil(rows):
+    rows[missing]["Figure_path"] = "no_such_scan.png"
+    # The original would open this (it exists); leaving the image root is refused here.
+    rows[unsafe]["Figure_path"] = "../images/" + rows[unsafe]["Figure_path"]
+
+  folder = _spoilt_copy(tmp_path, spoil)
+  data_dir = str(tmp_path / "tfds")
+  train = data.source("pmc_vqa/mini", "train_32", data_dir, folder)
+  val = data.source("pmc_vqa/mini", "val_8", data_dir, folder)
+  # The draw goes on past both: the same stream, the rows after them move up.
+  expected = [i for i in order if i not in (missing, unsafe)][:40]
+  assert expected[:32] != order[:32] and expected[32:] != order[32:40]
+  assert _id_set(train) == {f"train-{i:06d}" for i in expected[:32]}
+  assert _id_set(val) == {f"train-{i:06d}" for i in expected[32:]}
+  report = _skipped(data_dir, "mini")
+  assert report["ids"] == {validation.UNSAFE_PATH: [f"train-{unsafe:06d}"],
+                           validation.MISSING_IMAGE: [f"train-{missing:06d}"]}
+  # Every row drawn until 40 were kept was checked once.
+  assert report["checked"] == order.index(expected[-1]) + 1 + len(_csv_rows(FIXTURE,
+                                                                            "test_clean"))
+
+
+def test_reference_draw_drops_rows_our_checks_refuse_without_replacing_them(tmp_path):
+  order, drawn = _reference_draw(FIXTURE, 40)
+  unknown, untrimmed = order[5], order[33]
+
+  def spoil(rows):
+    rows[unknown]["Answer_label"] = "E"
+    # Kept as written: the builder strips the label only.
+    rows[untrimmed]["Question"] = "  " + rows[untrimmed]["Question"] + " "
+    rows[untrimmed]["Answer_label"] = " " + rows[untrimmed]["Answer_label"]
+
+  folder = _spoilt_copy(tmp_path, spoil)
+  data_dir = str(tmp_path / "tfds")
+  train = data.source("pmc_vqa/mini", "train_32", data_dir, folder)
+  val = [data.decode(r) for r in data.source("pmc_vqa/mini", "val_8", data_dir, folder)]
+  # The original keeps the unknown label (it checks images only), so it holds its place:
+  # train_32 has 31 rows and val_8 the original's 8.
+  assert _id_set(train) == {f"train-{i:06d}" for i in order[:32] if i != unknown}
+  assert {e["id"] for e in val} == {f"train-{i:06d}" for i in order[32:]}
+  rows = _csv_rows(folder, "train")
+  spaced = next(e for e in val if e["id"] == f"train-{untrimmed:06d}")
+  assert spaced["question"] == rows[untrimmed]["Question"]
+  assert spaced["question"].startswith("  ") and "ABCD"[spaced["answer"]] == rows[untrimmed][
+      "Answer_label"].strip()
+  report = _skipped(data_dir, "mini")
+  assert report["ids"] == {validation.UNKNOWN_LABEL: [f"train-{unknown:06d}"]}
+  assert report["checked"] == drawn + len(_csv_rows(FIXTURE, "test_clean"))
 
 
 def test_records_keep_the_source_encoding(mini):
@@ -105,8 +229,7 @@ def test_bad_rows_are_skipped_and_reported_by_reason(tmp_path):
   ids = {r["id"].decode() for r in train}
   assert len(train) == len(_csv_rows(FIXTURE, "train")) - len(bad)
   assert not ids & set(bad.values())
-  with open(os.path.join(data_dir, "pmc_vqa", "full", "1.0.0", "skipped.json")) as f:
-    report = json.load(f)
+  report = _skipped(data_dir, "full")
   assert report["ids"] == {reason: [row_id] for reason, row_id in bad.items()}
   assert report["counts"] == {reason: 1 for reason in bad}
   assert report["skipped"] == len(bad) == len(validation.REASONS)
@@ -161,11 +284,11 @@ def test_medmcqa_builder_numbers_the_options_and_reports_bad_lines(tmp_path):
   train = sorted(map(data.decode, data.source("medmcqa", "train", data_dir, str(manual))),
                  key=lambda e: e["id"])
   assert [e["id"] for e in train] == [f"q{i}" for i in range(6)]
-  assert train[1]["options"] == ("1:Ulnar", "2:Radial", "3:Median", "4:Axillary")
+  assert train[1]["options"] == ("(1) Ulnar", "(2) Radial", "(3) Median", "(4) Axillary")
   assert [e["answer"] for e in train] == [i % 4 for i in range(6)]
   assert train[0]["image"] is None
   assert len(data.source("medmcqa", "validation", data_dir, str(manual))) == 2
-  with open(os.path.join(data_dir, "medmcqa", "1.0.0", "skipped.json")) as f:
+  with open(os.path.join(data_dir, "medmcqa", "1.1.0", "skipped.json")) as f:
     report = json.load(f)
   # Bad lines are named by file and line: their own id may be what is broken.
   assert report["ids"] == {validation.MISSING_COLUMN: ["train-000008"],

@@ -91,11 +91,11 @@ def test_logit_mode_reads_the_letter_probabilities(vl_dir, items):
                      temperature=0.0)
   tok, model = ds.tokenizer, ds.model
   pixels, grid = images.preprocess([items[0].image], ds.image_processor)
-  prefix, suffix = ds.prompt_ids(items[0], "Look at bone contrast.", grid)
+  prompt = ds.prompt_ids(items[0], "Look at bone contrast.", grid)
   forced = tok.encode("In conclusion, the answer is A", add_special_tokens=False)[:-1]
   letter_ids = [tok.encode(f"In conclusion, the answer is {l}", add_special_tokens=False)[-1]
                 for l in "ABCD"]
-  logits = np.asarray(model(input_ids=np.array([prefix + suffix + forced]), pixel_values=pixels,
+  logits = np.asarray(model(input_ids=np.array([prompt + forced]), pixel_values=pixels,
                             image_grid_thw=grid))[0, -1]
   p = np.exp(logits[letter_ids] - logits[letter_ids].max())
   np.testing.assert_allclose(out.option_probs[0], p / p.sum(), atol=1e-5)
@@ -143,10 +143,10 @@ def _scripted(tiny_dir, text, check_every, max_new_tokens=128):
   config = downstream.ElicitationConfig(mode="verbalized", temperature=0.0,
                                         check_every=check_every, max_new_tokens=max_new_tokens)
   probe = downstream.Downstream(ScriptedLM([0], 1, 4096, 0), tok, None, config)
-  prefix, suffix = probe.prompt_ids(item, None, None)
+  prompt = probe.prompt_ids(item, None, None)
   script = tok.encode(text, add_special_tokens=False)
   eos = tok.convert_tokens_to_ids("<|im_end|>")
-  ds = downstream.Downstream(ScriptedLM(script, len(prefix + suffix), 4096, eos), tok, None, config)
+  ds = downstream.Downstream(ScriptedLM(script, len(prompt), 4096, eos), tok, None, config)
   return script, ds.answer([item])
 
 

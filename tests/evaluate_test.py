@@ -11,7 +11,8 @@ from flax import nnx
 
 from configs import (demo, eval_abstain, eval_calibprompt, eval_demo, eval_noise, eval_pmcvqa,
                      eval_prompt_search)
-from prompt4trust_jax import downstream, evaluate, fixtures, models, noise, prompts, train
+from prompt4trust_jax import downstream, evaluate, fixtures, hints, models, noise, prompts, train
+from prompt4trust_jax.models import tokenizer as tokenizer_lib
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def trained(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("trained"))
   config = demo.get_config()
   config.sampling.max_new_tokens = 8
-  config.train.update(total_steps=2, checkpoint_every=2)
+  config.train.update(rollouts=2, checkpoint_every=2)
   train.run(config, workdir)
   return workdir
 
@@ -29,7 +30,7 @@ def _config(trained_dir, **eval_overrides):
   config = eval_demo.get_config()
   config.policy.update(train_workdir=trained_dir, max_new_tokens=8)
   config.data.num_examples = 6
-  config.eval.update(batch_size=4, consistency_samples=5, entropy_samples=8,
+  config.eval.update(batch_size=4, consistency_samples=5, entropy_samples=4,
                      bootstrap_samples=50, **eval_overrides)
   config.soft_prompt.update(steps=3, num_train_examples=8, batch_size=8)
   config.prompt_search.update(rounds=1, per_round=2, max_new_tokens=8)
@@ -71,7 +72,9 @@ def test_every_method_is_scored_and_written(trained, tmp_path, capsys):
   questions = {r["id"]: r["question"] for r in rows}
   assert any(typo[i]["question"] != questions[i] for i in questions)
   assert all(gaussian[i]["question"] == questions[i] for i in questions)
-  assert all(r["fixed_hint/hint"] == "Think step-by-step, do not be over-confident." for r in rows)
+  # "clean" gives the fixed sentence as the hint ("reference" puts it in the instruction).
+  assert config.prompts.preset == "clean"
+  assert all(r["fixed_hint/hint"] == prompts.FIXED_HINT for r in rows)
   # logit_scaled only rescales: same letters as logit, confidences moved by one temperature.
   assert [r["logit/letter"] for r in rows] == [r["logit_scaled/letter"] for r in rows]
   with open(os.path.join(workdir, "reliability.png"), "rb") as f:
@@ -120,6 +123,22 @@ def test_zero_shot_transfer_to_another_downstream(trained, tmp_path):
     assert json.load(f)["downstream"] == other
 
 
+def test_a_released_hint_writer_needs_no_training_workdir(tiny_dir, tmp_path):
+  """`policy.path` alone (e.g. the published prompt4trust-cgpgenerator-1.5B): its own hints."""
+  config = _config("", methods=("prompt4trust",), corruptions=())
+  config.policy.update(path=tiny_dir, train_workdir="")
+  workdir = str(tmp_path / "eval")
+  evaluate.run(config, workdir)
+  with open(os.path.join(workdir, "runs", "prompt4trust.jsonl")) as f:
+    stored = {r["id"]: r["hint"] for r in map(json.loads, f)}
+  examples = evaluate._examples(config, workdir, config.data.split, config.data.num_examples)
+  policy, tok = models.from_pretrained(tiny_dir), models.load_tokenizer(tiny_dir)
+  preset = prompts.preset(config.prompts.preset)
+  want = hints.write(policy, tok, tokenizer_lib.stop_token_ids(tok, tiny_dir), examples,
+                     preset=preset, max_new_tokens=8, temperature=0.0).texts
+  assert [stored[x["id"]] for x in examples] == want
+
+
 def test_load_policy_restores_the_trained_parameters(trained):
   base = models.from_pretrained(os.path.join(trained, "random_models", "qwen2_tiny"),
                                 param_dtype="float32")
@@ -134,9 +153,18 @@ def test_load_policy_restores_the_trained_parameters(trained):
 
 
 def test_plan_runs_each_pass_once_and_names_unknown_methods():
-  runs = evaluate.plan(("csc", "csa", "entropy", "logit_scaled"), 21, 40)
-  assert [(r.name, r.samples, r.split) for r in runs] == [
-      ("samples", 40, "test"), ("logit", 1, "test"), ("logit_val", 1, "val")]
+  methods = ("csc", "csa", "entropy", "entropy_prompt4trust", "logit_scaled")
+  runs = evaluate.plan(methods, 21, 40)
+  # The original's entropy samples the downstream's own settings, without and with the hint.
+  assert [(r.name, r.samples, r.sampling, r.hint, r.split) for r in runs] == [
+      ("samples", 21, True, "none", "test"), ("entropy", 40, False, "none", "test"),
+      ("entropy_prompt4trust", 40, False, "policy", "test"), ("logit", 1, False, "none", "test"),
+      ("logit_val", 1, False, "none", "val")]
+  # "consistency": entropy reads the CSC samples (one run of the larger count).
+  shared = evaluate.plan(("csc", "entropy"), 21, 40, entropy_sampling="consistency")
+  assert [(r.name, r.samples, r.sampling) for r in shared] == [("samples", 40, True)]
+  with pytest.raises(ValueError, match="entropy_sampling='downstream'"):
+    evaluate.plan(("entropy_prompt4trust",), entropy_sampling="consistency")
   assert [r.samples for r in evaluate.plan(("csa",), 21, 40)] == [21]
   # Abstention compares with the no-hint answers, so it brings that run along.
   assert [r.name for r in evaluate.plan(("abstain",))] == ["no_hint", "abstain"]

@@ -22,7 +22,7 @@ def _run(*args):
 def test_train_then_evaluate_demo_run_and_report(tmp_path):
   trained, evaluated = tmp_path / "train", tmp_path / "eval"
   out = _run("experiments.train", "--config=configs/demo.py", f"--workdir={trained}",
-             "--config.train.total_steps=2", "--config.sampling.max_new_tokens=8")
+             "--config.train.rollouts=2", "--config.sampling.max_new_tokens=8")
   final = out.strip().splitlines()[-1]
   assert final.startswith("final: ") and "reward/total/mean=" in final and "downstream/ece=" in final
   assert os.path.isdir(trained / "checkpoints" / "2")

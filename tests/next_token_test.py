@@ -112,3 +112,41 @@ def test_inverse_cdf_draw_on_an_empty_entry_takes_the_mode(monkeypatch):
 def test_argmax_takes_the_first_maximum():
   x = jnp.array([[1.0, 3.0, 3.0, 0.0], [5.0, 5.0, 5.0, 5.0], [-1.0, -2.0, -1.0, -0.5]])
   np.testing.assert_array_equal(next_token.argmax(x), jnp.argmax(x, axis=-1))
+
+
+def test_repetition_penalty_on_hand_worked_logits():
+  # Row 0 sees 0, 1 (twice: penalised once) and 4; row 1's first position is padding, so
+  # its id 4 is not seen there, while 3 (a zero logit, left at 0) and 0 are.
+  tokens_BxT = jnp.array([[0, 1, 1, 4], [4, 2, 3, 0]])
+  mask_BxT = jnp.array([[1, 1, 1, 1], [0, 1, 1, 1]])
+  seen_BxV = next_token.mark_seen(jnp.zeros((2, 5), bool), tokens_BxT, mask_BxT)
+  np.testing.assert_array_equal(seen_BxV, [[1, 1, 0, 0, 1], [1, 0, 1, 1, 0]])
+  logits_BxV = jnp.array([[2.0, -1.0, 0.5, 3.0, -2.0], [1.0, 1.0, -1.0, 0.0, 4.0]])
+  np.testing.assert_array_equal(next_token.apply_repetition_penalty(logits_BxV, seen_BxV, 2.0),
+                                [[1.0, -2.0, 0.5, 3.0, -4.0], [0.5, 1.0, -2.0, 0.0, 4.0]])
+  # Below 1 it rewards repeats: positive seen logits grow, negative ones shrink toward 0.
+  np.testing.assert_array_equal(next_token.apply_repetition_penalty(logits_BxV, seen_BxV, 0.5),
+                                [[4.0, -0.5, 0.5, 3.0, -1.0], [2.0, 1.0, -0.5, 0.0, 4.0]])
+  # One emitted id per row; a masked row (finished) marks nothing.
+  seen_BxV = next_token.mark_seen(seen_BxV, jnp.array([[2], [4]]), jnp.array([[True], [False]]))
+  np.testing.assert_array_equal(seen_BxV, [[1, 1, 1, 0, 1], [1, 0, 1, 1, 0]])
+  with pytest.raises(ValueError, match="seen_BxV"):
+    next_token.apply_repetition_penalty(logits_BxV, seen_BxV[:, :4], 2.0)
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.0, 0, 1.0), (0.7, 0, 0.9), (0.7, 3, 1.0)])
+def test_logprob_comes_from_the_unpenalised_logits(temperature, top_k, top_p):
+  raw_BxV = jax.random.normal(jax.random.key(7), (4, 40)) * 2
+  seen_BxV = jax.random.bernoulli(jax.random.key(8), 0.5, (4, 40))
+  draw_BxV = next_token.apply_repetition_penalty(raw_BxV, seen_BxV, 3.0)
+  kw = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+  token, logprob = next_token.sample_token(draw_BxV, jax.random.key(9), logprob_logits_BxV=raw_BxV,
+                                           **kw)
+  # The draw follows the penalised logits (same key, same token as drawing from them alone) ...
+  alone = next_token.sample_token(draw_BxV, jax.random.key(9), **kw)[0]
+  np.testing.assert_array_equal(token, alone)
+  # ... the log-prob is the model's own.
+  expected = jax.nn.log_softmax(raw_BxV / (temperature or 1.0))[jnp.arange(4), token]
+  np.testing.assert_allclose(logprob, expected, rtol=1e-6, atol=1e-6)
+  if temperature == 0:
+    np.testing.assert_array_equal(token, jnp.argmax(draw_BxV, axis=-1))

@@ -25,4 +25,4 @@ def test_colab_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
   assert ran == 5
   assert set(namespace["results"]) == {"no_hint", "prompt4trust", "logit"}
   assert namespace["metrics"]["downstream/invalid_rate"] == 0
-  assert [row["step"] for row in namespace["history"]] == [1, 2]
+  assert [row["rollout"] for row in namespace["history"]] == [1, 2]

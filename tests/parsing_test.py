@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from prompt4trust_jax import fixtures, parsing, prompts
+from prompt4trust_jax import parsing
 
 P = parsing.Parsed
 
@@ -84,40 +84,3 @@ def test_parse_batch():
     parsing.parse_batch("the answer is A with confidence 1")
 
 
-QUESTION = "What imaging modality was used?"
-OPTIONS = ["A:CT", "B:MRI", "C:X-ray", "D:Ultrasound"]
-INSTRUCTION = (
-    "You are answering a multiple-choice question with four options (A, B, C, or D).\n"
-    "Clearly state your final answer and confidence in the following format only:\n"
-    "'In conclusion, the answer is {LETTER} with confidence {CONFIDENCE}.'\n"
-    "Replace {LETTER} with one of A, B, C, or D, and {CONFIDENCE} with a number between 0 and "
-    "100.\n"
-    "After giving the answer, explain your reasoning based on the image and the question.")
-BODY = (INSTRUCTION + "\nQuestion:\nWhat imaging modality was used?\n"
-        "Options:\nA:CT\nB:MRI\nC:X-ray\nD:Ultrasound\n")
-
-
-def test_downstream_prompt_worked_example():
-  assert prompts.DOWNSTREAM_INSTRUCTION == INSTRUCTION
-  assert (prompts.downstream_prompt(QUESTION, OPTIONS, "Look at bone contrast.") ==
-          BODY + "Hint: Look at bone contrast.\n\nAnswer:")
-  assert prompts.downstream_prompt(QUESTION, OPTIONS, None) == BODY + "\nAnswer:"
-  assert (prompts.downstream_prompt(QUESTION, OPTIONS, prompts.FIXED_HINT) ==
-          BODY + "Hint: Think step-by-step, do not be over-confident.\n\nAnswer:")
-  assert (prompts.downstream_prompt(QUESTION, OPTIONS, "h", instruction="Be brief.") ==
-          "Be brief.\nQuestion:\nWhat imaging modality was used?\n"
-          "Options:\nA:CT\nB:MRI\nC:X-ray\nD:Ultrasound\nHint: h\n\nAnswer:")
-  with pytest.raises(TypeError, match="list of option lines"):
-    prompts.downstream_prompt(QUESTION, "A:CT\nB:MRI", None)
-
-
-@pytest.mark.parametrize("hint", ["Look at bone contrast.", "", "\nCompare T1 and T2.", "42 mm"])
-def test_downstream_prompt_split(tmp_path, hint):
-  prefix, suffix = prompts.downstream_prompt_split(QUESTION, OPTIONS, hint)
-  full = prompts.downstream_prompt(QUESTION, OPTIONS, hint)
-  assert prefix + suffix == full
-  assert prefix == BODY + "Hint:"  # nothing of the hint in the shared part
-  # Tokenizing the halves apart gives the ids of the whole, so a shared prefill is exact.
-  tok = fixtures.write_tokenizer(str(tmp_path), 4096)
-  encode = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
-  assert encode(prefix) + encode(suffix) == encode(full)

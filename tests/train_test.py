@@ -1,5 +1,6 @@
 """The Prompt4Trust loop end to end on tiny models: it trains, checkpoints and resumes exactly."""
 
+import json
 import os
 
 import jax
@@ -11,10 +12,10 @@ from configs import demo
 from prompt4trust_jax import train
 
 
-def _config(total_steps, **overrides):
+def _config(rollouts, **overrides):
   config = demo.get_config()
   config.sampling.max_new_tokens = 12
-  config.train.total_steps = total_steps
+  config.train.rollouts = rollouts
   config.train.checkpoint_every = 2
   for key, value in overrides.items():
     section, name = key.split(".")
@@ -32,17 +33,23 @@ def _checkpoint(workdir, step):
 
 
 def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path):
+  # A constant learning rate: the linear schedule spans the run's length, which the halted
+  # run's first leg changes (the SIGKILL test below resumes the linear default).
   straight, halted = str(tmp_path / "straight"), str(tmp_path / "halted")
-  metrics = train.run(_config(4), straight)
+  constant = {"optimizer.schedule": "constant"}
+  metrics = train.run(_config(4, **constant), straight)
   assert np.isfinite(metrics["loss"]) and metrics["downstream/invalid_rate"] == 0
-  train.run(_config(2), halted)  # stops after step 2 (a checkpoint)
-  train.run(_config(4), halted)  # the same command again resumes at step 2
+  train.run(_config(2, **constant), halted)  # stops after rollout 2 (a checkpoint)
+  train.run(_config(4, **constant), halted)  # the same command again resumes at rollout 2
   a, b = _checkpoint(straight, 4), _checkpoint(halted, 4)
   assert int(a["step"]) == int(b["step"]) == 4 * demo.get_config().grpo.num_iterations
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   with open(os.path.join(halted, "metrics.jsonl")) as f:
-    assert [int(line.split('"step": ')[1].split(",")[0]) for line in f] == [1, 2, 3, 4]
+    records = [json.loads(line) for line in f]
+  iterations = demo.get_config().grpo.num_iterations
+  assert [r["rollout"] for r in records] == [1, 2, 3, 4]
+  assert [r["optimizer_step"] for r in records] == [iterations * r for r in (1, 2, 3, 4)]
 
 
 def test_unknown_data_set_is_named(tmp_path):
@@ -58,7 +65,7 @@ def test_sigkill_and_restart_matches_an_uninterrupted_run(tmp_path):
   import time
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   args = [sys.executable, "-m", "experiments.train", "--config=configs/demo.py",
-          "--config.train.total_steps=4", "--config.train.checkpoint_every=1",
+          "--config.train.rollouts=4", "--config.train.checkpoint_every=1",
           "--config.sampling.max_new_tokens=12"]
   env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
   killed = str(tmp_path / "killed")
@@ -87,3 +94,25 @@ def test_repeated_non_finite_updates_stop_the_run_without_a_checkpoint(tmp_path)
   restored = _checkpoint(str(tmp_path), 2)
   assert int(restored["step"]) == 0
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored["params"]))
+
+
+def test_rollouts_sample_in_their_own_precision(tmp_path, monkeypatch):
+  """policy.sampling_dtype: hints come from a bfloat16 copy, and the ratio's "old" log-probs
+  from the float32 update's own forward (as TRL recomputes them)."""
+  import jax.numpy as jnp
+  from flax import nnx
+  from prompt4trust_jax import hints, update
+  dtypes, forwards = [], []
+  write, reference_logprobs = hints.write, update.reference_logprobs
+
+  def recording_write(model, *args, **kwargs):
+    dtypes.append({x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))})
+    return write(model, *args, **kwargs)
+
+  monkeypatch.setattr(hints, "write", recording_write)
+  monkeypatch.setattr(update, "reference_logprobs",
+                      lambda *a, **k: forwards.append(1) or reference_logprobs(*a, **k))
+  metrics = train.run(_config(1, **{"policy.sampling_dtype": "bfloat16"}), str(tmp_path))
+  assert dtypes == [{jnp.dtype("bfloat16")}]
+  assert len(forwards) == 2  # the old log-probs, then the reference's
+  assert np.isfinite(metrics["loss"])

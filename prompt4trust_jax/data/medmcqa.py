@@ -4,9 +4,10 @@
 `question, opa, opb, opc, opd, cop` (cop = the correct option, 1-4) and usually `id` and
 `subject_name`. The released test.json has no answers and is not built.
 
-Splits: `train` and `validation` (dev.json). Options are stored numbered as the MedMCQA
-prompt variant shows them ("1:...", ..., "4:..."): pair the data with the "medmcqa" parser
-(answers are option numbers) or letters "1234" in structured/logit modes. Bad rows
+Splits: `train` and `validation` (dev.json). Options are stored numbered as the original
+implementation shows them ("(1) ...", ..., "(4) ..."): pair the data with the "medmcqa" parser
+(answers are option numbers), letters "1234" in structured/logit modes and the "medmcqa"
+prompt preset (`configs/medmcqa.py`). Bad rows
 (malformed JSON or text, a missing field, `cop` outside 1-4) are skipped and listed in
 `skipped.json`, or raise with `strict=True`. Ids: the row's `id`, else `<file stem>-<line>`.
 """
@@ -27,7 +28,9 @@ class Medmcqa(validation.CheckedBuilder):
   """MedMCQA from local files (see the module docstring)."""
 
   name = "medmcqa"
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "Options numbered \"(1) text\" as the original shows them.",
+                   "1.0.0": "Options numbered \"1:text\"."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = "Put MedMCQA's train.json and dev.json in manual_dir."
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -83,5 +86,5 @@ def _example(line: bytes, fallback_id: str) -> dict:
   if cop not in NUMBERS:
     raise validation.BadRowError(validation.UNKNOWN_LABEL, f"cop {cop!r} is not one of 1-4")
   return {"id": str(row.get("id") or fallback_id), "question": cells["question"],
-          "options": [f"{n}:{cells[k]}" for n, k in zip(NUMBERS, ("opa", "opb", "opc", "opd"))],
+          "options": [f"({n}) {cells[k]}" for n, k in zip(NUMBERS, ("opa", "opb", "opc", "opd"))],
           "answer": NUMBERS.index(cop), "subject": str(row.get("subject_name") or "")}

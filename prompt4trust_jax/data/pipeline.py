@@ -20,7 +20,19 @@ from prompt4trust_jax.data import medmcqa, pmc_vqa
 
 # The committed synthetic PMC-VQA copy (CSV + PNG scans) used by tests and the CPU demo.
 FIXTURE_DIR = os.path.join(os.path.dirname(__file__), "fixture", "pmc_vqa_tiny")
+# A committed synthetic MedMCQA copy (train.json, dev.json) for configs/medmcqa.py's demo.
+MEDMCQA_FIXTURE_DIR = os.path.join(os.path.dirname(__file__), "fixture", "medmcqa_tiny")
 BUILDERS = {pmc_vqa.PmcVqa.name: pmc_vqa.PmcVqa, medmcqa.Medmcqa.name: medmcqa.Medmcqa}
+# How each data set labels its options (the answer letters the downstream is asked for).
+LABELS = {pmc_vqa.PmcVqa.name: pmc_vqa.LETTERS, medmcqa.Medmcqa.name: medmcqa.NUMBERS}
+
+
+def letters(name: str) -> str:
+  """The option labels of data set `name` ("pmc_vqa/paper" -> "ABCD", "medmcqa" -> "1234")."""
+  builder_name = name.split("/")[0]
+  if builder_name not in LABELS:
+    raise ValueError(f"Unknown data set {name!r}; choose from {sorted(LABELS)}.")
+  return LABELS[builder_name]
 
 
 def source(name: str, split: str, data_dir: str, manual_dir: str | None = None,
