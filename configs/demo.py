@@ -35,7 +35,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.downstream = dict(path="", random_shape="tiny", dtype="float32", mode="structured",
                       temperature=0.1, top_p=0.95, top_k=config_dict.placeholder(int),
                       repetition_penalty=config_dict.placeholder(float),
-                      max_new_tokens=256, sampling_defaults="generation_config")
+                      max_new_tokens=256, sampling_defaults="generation_config",
+                      # The image processor's pixel budget; unset: the checkpoint's
+                      # preprocessor_config.json, as the original used it.
+                      min_pixels=config_dict.placeholder(int),
+                      max_pixels=config_dict.placeholder(int))
   # The committed synthetic PMC-VQA copy, prepared once into the workdir's tfds folder.
   c.data = dict(name="pmc_vqa/mini", split="train_32", manual_dir=data.FIXTURE_DIR, data_dir="",
                 strict=False, questions_per_step=2)

@@ -141,7 +141,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
     splits["val"] = _examples(config, workdir, config.data.val_split)
   d = config.downstream
   downstream_path = train.model_dir(d, workdir, config.seed, vision=True)
-  answerer = downstream.Downstream.from_pretrained(downstream_path, dtype=d.dtype, mesh=mesh)
+  answerer = downstream.Downstream.from_pretrained(
+      downstream_path, dtype=d.dtype, mesh=mesh, min_pixels=d.get("min_pixels"),
+      max_pixels=d.get("max_pixels"))
   needs_policy = any(r.hint == "policy" or r.rewrite for r in runs) or (
       "prompt_search" in e.methods and not config.prompt_search.get("instruction_file"))
   ctx = _Context(config, workdir, mesh, answerer, downstream_path,

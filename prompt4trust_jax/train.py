@@ -171,7 +171,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   answerer = downstream.Downstream.from_pretrained(
       downstream_path, downstream.elicitation_config(d, downstream_path, preset=preset.name,
                                                      letters=letters),
-      dtype=d.dtype, mesh=mesh)
+      dtype=d.dtype, mesh=mesh, min_pixels=d.get("min_pixels"), max_pixels=d.get("max_pixels"))
   reward_spec = rewards.from_config(config.reward)
   g = config.grpo
   loss_config = grpo.LossConfig(epsilon_low=g.epsilon_low, epsilon_high=g.epsilon_high,

@@ -173,3 +173,15 @@ def test_soft_prompt_inputs(answerer, processor, image):
   forced, _ = soft_prompt.answer_tokens(ds)
   assert encoded.ids.tolist() == want + forced
   assert processor.tokenizer.decode(forced) == "In conclusion, the answer is"
+
+
+def test_pixel_budget_overrides_the_checkpoints(realistic_vl_dir, processor, image):
+  """min/max_pixels from the config give transformers' processor with the same budget."""
+  small = downstream.Downstream.from_pretrained(realistic_vl_dir, max_pixels=56 * 56)
+  pixels, grid = small.preprocess_images([downstream.Item(QUESTION, OPTIONS, image)])[0]
+  want = transformers.AutoImageProcessor.from_pretrained(realistic_vl_dir, max_pixels=56 * 56)(
+      [image], return_tensors="np")
+  np.testing.assert_array_equal(pixels, want["pixel_values"])
+  np.testing.assert_array_equal(grid, want["image_grid_thw"])
+  _, _, default_grid = _expected(processor, "x", image)
+  assert grid.prod() < default_grid.prod()  # the checkpoint's budget keeps more patches

@@ -98,10 +98,11 @@ def test_repeated_non_finite_updates_stop_the_run_without_a_checkpoint(tmp_path)
 
 def test_rollouts_sample_in_their_own_precision(tmp_path, monkeypatch):
   """policy.sampling_dtype: hints come from a bfloat16 copy, and the ratio's "old" log-probs
-  from the float32 update's own forward (as TRL recomputes them)."""
+  from the float32 update's own forward (as TRL recomputes them); downstream.max_pixels
+  reaches the image processor."""
   import jax.numpy as jnp
   from flax import nnx
-  from prompt4trust_jax import hints, update
+  from prompt4trust_jax import hints, images, update
   dtypes, forwards = [], []
   write, reference_logprobs = hints.write, update.reference_logprobs
 
@@ -112,7 +113,12 @@ def test_rollouts_sample_in_their_own_precision(tmp_path, monkeypatch):
   monkeypatch.setattr(hints, "write", recording_write)
   monkeypatch.setattr(update, "reference_logprobs",
                       lambda *a, **k: forwards.append(1) or reference_logprobs(*a, **k))
-  metrics = train.run(_config(1, **{"policy.sampling_dtype": "bfloat16"}), str(tmp_path))
+  budgets, processor = [], images.image_processor_from_pretrained
+  monkeypatch.setattr(images, "image_processor_from_pretrained",
+                      lambda path, lo, hi: budgets.append((lo, hi)) or processor(path, lo, hi))
+  config = _config(1, **{"policy.sampling_dtype": "bfloat16", "downstream.max_pixels": 112 * 112})
+  metrics = train.run(config, str(tmp_path))
+  assert budgets == [(None, 112 * 112)]  # the image size is configuration (unset: checkpoint's)
   assert dtypes == [{jnp.dtype("bfloat16")}]
   assert len(forwards) == 2  # the old log-probs, then the reference's
   assert np.isfinite(metrics["loss"])
