@@ -23,7 +23,7 @@ def test_medmcqa_trains_and_evaluates(tmp_path, monkeypatch):
 
   c = medmcqa.get_config("eval")
   c.policy.update(train_workdir=str(tmp_path / "train"), max_new_tokens=8)
-  c.eval.update(methods=("no_hint", "prompt4trust", "csc", "logit"),
+  c.eval.update(methods=("no_hint", "prompt4trust", "csc"),
                 corruptions=(), consistency_samples=3, entropy_samples=3, bootstrap_samples=20,
                 batch_size=4)
   results = evaluate.run(c, str(tmp_path / "eval"))
