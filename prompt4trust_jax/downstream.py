@@ -59,8 +59,7 @@ class ElicitationConfig:
     prompts.preset(self.preset)
     if self.check_every < 1 or self.max_new_tokens < 1 or self.logit_temperature <= 0:
       raise ValueError("check_every, max_new_tokens and logit_temperature must be positive.")
-    if self.repetition_penalty <= 0:
-      raise ValueError(f"repetition_penalty must be > 0 (1: off), got {self.repetition_penalty}.")
+    sampling.check_repetition_penalty(self.repetition_penalty)
 
 
 def elicitation_config(section, path: str | None = None, **overrides) -> ElicitationConfig:

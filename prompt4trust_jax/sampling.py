@@ -74,7 +74,7 @@ class SamplingParams:
   repetition_penalty: float = 1.0  # 1: off (no presence mask is kept or read)
 
   def __post_init__(self):
-    _check_repetition_penalty(self.repetition_penalty)
+    check_repetition_penalty(self.repetition_penalty)
 
   @property
   def penalized(self) -> bool:
@@ -82,7 +82,8 @@ class SamplingParams:
     return self.repetition_penalty != 1.0
 
 
-def _check_repetition_penalty(penalty: float) -> None:
+def check_repetition_penalty(penalty: float) -> None:
+  """Raises unless `penalty` is a finite number > 0 (1: off)."""
   # `not penalty > 0` also catches NaN; inf would zero every positive seen logit.
   if not (np.isfinite(penalty) and penalty > 0):
     raise ValueError(f"repetition_penalty must be a finite number > 0 (1 = off), got {penalty}.")
@@ -411,7 +412,7 @@ def _validate(prompts, vocab_size, max_new_tokens, temperature, top_k, top_p,
     raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}.")
   if not 0 < top_p <= 1:
     raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
-  _check_repetition_penalty(repetition_penalty)
+  check_repetition_penalty(repetition_penalty)
 
 
 def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
