@@ -1,4 +1,4 @@
-"""The "I don't know" evaluation: every question gets an abstain option (METHOD.md).
+"""The "I don't know" evaluation: every question gets an abstain option (arXiv 2412.14660).
 
 The downstream sees a fifth option (`prompts.ABSTAIN_OPTION`, letter E) and an instruction
 that offers it (`prompts.ABSTAIN_INSTRUCTION`); the "abstain" parser reads E. Reported:

@@ -1,4 +1,4 @@
-"""Confidences from several sampled answers to one question (METHOD.md, "Baselines").
+"""Confidences from several sampled answers to one question (the original's baselines).
 
 Inputs are per question S sampled answers: `letter_BxS` (option index, -1 when the
 response did not parse), `confidence_BxS` (verbalized, in [0, 1]) and `valid_BxS`.

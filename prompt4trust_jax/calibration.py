@@ -3,7 +3,7 @@
 ECE uses 10 equal-width bins with the paper's convention by default: the first bin is
 [0, 0.1], the others (lower, upper]; `binning="left"` gives [lower, upper) bins and
 `binning="mass"` equal-mass bins. Invalid responses count as wrong with confidence
-1e-12 ("over all samples" in METHOD.md) unless the caller filters them out first;
+1e-12 (the paper's "over all samples") unless the caller filters them out first;
 `population_metrics` reports both populations. `fit_temperature` / `apply_temperature` are
 the temperature-scaling baseline over option logits (C = answer choices).
 """

@@ -1,6 +1,6 @@
 """The evaluation harness: one split, one downstream, every confidence method side by side.
 
-Methods (`config.eval.methods`, METHOD.md "Baselines" and "Related methods"):
+Methods (`config.eval.methods`: the original's baselines, then the related methods):
 - `no_hint`, `fixed_hint`: the downstream's own answer and confidence (configured mode).
 - `prompt4trust`: the same with the policy's greedy hint (a trained checkpoint; the policy
   may be paired with a different downstream than it was trained with).

@@ -1,4 +1,4 @@
-"""Reproducible input corruptions for the robustness benchmark (METHOD.md, IMC-style).
+"""Reproducible input corruptions for the robustness benchmark (IMC-style, arXiv 2512.21964).
 
 Image corruptions (an RGB PIL image in, an RGB PIL image of the same size out):
 `gaussian_noise`, `shot_noise` (Poisson), `salt_and_pepper`, `gaussian_blur`, `motion_blur`,

@@ -1,4 +1,4 @@
-"""Reading the downstream model's answer letter and confidence (../shared/METHOD.md, "Parsing").
+"""Reading the downstream model's answer letter and confidence (the original's regexes and more).
 
 Parsers are chosen by name from `PARSERS`:
 
@@ -8,9 +8,9 @@ Parsers are chosen by name from `PARSERS`:
   "confidence 0.85" reads as 0 and "confidence 1500" as 1.0. Kept as is: rewards and metrics
   must match the paper's.
 - "medmcqa": the MedMCQA variant, options numbered 1-4: the first `answer is \\(?(\\d+)\\)?` and
-  the first `confidence \\(?(\\d+)\\)?` (case-sensitive, single spaces, as in METHOD.md). Option
-  numbers 1-4 become letters A-D; any other number makes the response invalid. The confidence is
-  capped at 100 like the paper's.
+  the first `confidence \\(?(\\d+)\\)?` (case-sensitive, single spaces, as the original's
+  MedMCQA patterns). Option numbers 1-4 become letters A-D; any other number makes the response
+  invalid. The confidence is capped at 100 like the paper's.
 - "strict": a stricter, more robust reading, for analysis (see `parse_strict`).
 - "abstain": the paper's regexes with a fifth letter, E, the "I don't know" option that the
   abstention evaluation adds to every question.

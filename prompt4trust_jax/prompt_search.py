@@ -1,4 +1,4 @@
-"""Iterative search over the downstream's instruction (METHOD.md, "Related methods").
+"""Iterative search over the downstream's instruction (Chen et al., arXiv 2412.14660).
 
 An LLM (the policy model or any supported one) proposes rewrites of the best instructions
 so far for `rounds` rounds; every candidate is scored on a validation split and ranked by

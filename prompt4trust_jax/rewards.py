@@ -1,7 +1,7 @@
 """Rewards for the policy's hints, computed from the downstream model's parsed answers.
 
 Every reward is a pure, jittable `(judged, **params) -> reward_B` over a `Judged` batch, chosen
-by name from `REWARDS` (../shared/METHOD.md, "Reward"):
+by name from `REWARDS` (the paper's reward first):
 
 - "clinical": the paper's. Invalid -> `invalid_reward` (log 1e-12); correct -> log c; wrong ->
   log(1 - c) - `wrong_penalty`, with c clipped to [`clip_min`, 1] inside the log.
@@ -10,7 +10,7 @@ by name from `REWARDS` (../shared/METHOD.md, "Reward"):
 - "format_only": `valid_reward` (1) for a readable response, `invalid_reward` (0) otherwise.
 
 `combine` (and `RewardSpec`, built by `from_config`) sums weighted terms and applies a safety
-veto the ProMedical way (METHOD.md, "Related methods"): a vetoed row gets `floor` instead of
+veto the ProMedical way (arXiv 2604.08326): a vetoed row gets `floor` instead of
 the weighted sum, so a violation cannot be bought back by the other terms. Vetoes look at the
 hint text, so they run on the host (`VETOES`) and enter the jitted reward as a bool array.
 """
