@@ -18,7 +18,7 @@ from absl import app, flags
 from flax import nnx
 
 from experiments import timing
-from prompt4trust_jax import fixtures, grpo, models, sampling, update
+from prompt4trust_jax import fixtures, grpo, models, padding, sampling, update
 
 _SHAPE = flags.DEFINE_enum("shape", "small", ["tiny", "small"], "Policy shape.")
 _PROMPTS = flags.DEFINE_integer("prompts", 2, "Prompts per step.")
@@ -44,7 +44,7 @@ def _ours(config, prompts) -> float:
   loss_config = grpo.LossConfig(beta=BETA, max_completion_length=_COMPLETION.value)
   G, N = _GROUP.value, _COMPLETION.value
   rows = [p for p in prompts for _ in range(G)]
-  tokens, mask = sampling.left_pad(prompts, len(prompts[0]), len(prompts), 0)
+  tokens, mask = padding.left_pad(prompts, len(prompts[0]), len(prompts), 0)
 
   def step(state, key):
     out = sampling.generate(nnx.merge(state.graphdef, state.params), prompts, max_new_tokens=N,

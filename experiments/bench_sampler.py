@@ -18,7 +18,7 @@ from absl import app, flags
 from flax import nnx
 
 from experiments import timing
-from prompt4trust_jax import fixtures, models, sampling
+from prompt4trust_jax import fixtures, head_layout, models, sampling
 
 _SHAPE = flags.DEFINE_enum("shape", "small", ["tiny", "small", "qwen2p5_1p5b"], "Model shape.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Prompts per call.")
@@ -51,7 +51,7 @@ def _device_peaks():
 
 def _matmul_seconds(model, rows: int, head_rows: int) -> tuple[float, int]:
   """Measured time of the weight matmuls alone: `rows` tokens through every layer matrix,
-  `head_rows` through the LM head as the decode loop lays it out (`sampling.decode_head`).
+  `head_rows` through the LM head as the decode loop lays it out (`head_layout.decode_head`).
 
   One jit, no other op: with rows = head_rows = batch, the floor a decode step could
   reach with this device's own matmul kernels, which at a small batch stream the weights
@@ -59,7 +59,7 @@ def _matmul_seconds(model, rows: int, head_rows: int) -> tuple[float, int]:
   """
   layers = [w for name, w in models.flat_params(model).items()
             if w.ndim == 2 and "embed_tokens" not in name and "lm_head" not in name]
-  head = sampling.decode_head(model)
+  head = head_layout.decode_head(model)
   # One input per matrix height, so no product slices (copies) its input.
   xs = {w.shape[0]: jnp.ones((rows, w.shape[0]), head.dtype) for w in layers}
   y = jnp.ones((head_rows, head.shape[0]), head.dtype)

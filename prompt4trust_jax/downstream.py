@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from prompt4trust_jax import constraints, images, parsing, prompts, sampling
+from prompt4trust_jax import (constraints, head_layout, images, padding, parsing, prompts,
+                              sampling)
 from prompt4trust_jax.models import generation_config, qwen2
 from prompt4trust_jax.models import tokenizer as tokenizer_lib
 
@@ -205,8 +206,8 @@ class Downstream:
   def _start(self, prefixes, suffixes, copies, per_item, image_rows, rng):
     """Pads and places the prompts (row r of `prefixes` shows item `image_rows[r]`'s image)."""
     cfg = self.config
-    batch = sampling.bucket_batch(len(prefixes))
-    tokens, mask = sampling.left_pad(prefixes, sampling.bucket_length(max(map(len, prefixes))),
+    batch = padding.bucket_batch(len(prefixes))
+    tokens, mask = padding.left_pad(prefixes, padding.bucket_length(max(map(len, prefixes))),
                                      batch, self.pad_token_id)
     positions = image_embeds = None
     if per_item[0] is not None:
@@ -216,15 +217,15 @@ class Downstream:
     suffix_tokens = suffix_mask = None
     suffix_length = 0
     if suffixes is not None:
-      suffix_length = sampling.bucket_length(max(map(len, suffixes)))
+      suffix_length = padding.bucket_length(max(map(len, suffixes)))
       # Forking repeats each padded prefix row, so suffix rows follow the same layout.
-      suffix_tokens, suffix_mask = sampling.left_pad(suffixes, suffix_length, batch * copies,
+      suffix_tokens, suffix_mask = padding.left_pad(suffixes, suffix_length, batch * copies,
                                                      self.pad_token_id)
     max_new = self.trie.max_depth if self.trie is not None else cfg.max_new_tokens
     # Verbalized answers start with GROW_SLOTS cache slots (`decode_growing` adds more).
     first = max_new if self.trie is not None else min(max_new, sampling.GROW_SLOTS)
     graphdef, state = nnx.split(self.model)
-    return _prefill_and_emit(graphdef, state, sampling.decode_head(self.model), tokens, mask,
+    return _prefill_and_emit(graphdef, state, head_layout.decode_head(self.model), tokens, mask,
                              positions, image_embeds, suffix_tokens, suffix_mask, rng, self.trie,
                              copies=copies, cache_length=tokens.shape[1] + suffix_length + first,
                              max_new_tokens=max_new, params=self._params())
@@ -237,7 +238,7 @@ class Downstream:
 
   def _finish(self, state, rng):
     graphdef, weights = nnx.split(self.model)
-    head_DxV = sampling.decode_head(self.model)
+    head_DxV = head_layout.decode_head(self.model)
     if self.trie is not None:
       return sampling.decode_chunk(graphdef, weights, head_DxV, state, rng, self.trie,
                                    steps=state.tokens_BxN.shape[1], params=self._params())

@@ -1,7 +1,8 @@
 """Prompt4Trust's prompt templates, as named presets (`preset(name)`).
 
 Every prompt is assembled the same way: the policy sees
-  instruction + "\\nQuestion:\\n" + question + "\\nOptions:\\n" + options + "\\n\\n" + "Prompt draft:"
+  instruction + "\\nQuestion:\\n" + question + "\\nOptions:\\n" + options + "\\n\\n"
+  + "Prompt draft:"
 and the downstream
   instruction + "\\nQuestion:\\n" + question + "\\nOptions:\\n" + options + "\\n" + "Hint: " + hint
   + "\\n\\n" + "Answer:"
@@ -140,7 +141,7 @@ class Preset:
 
   def rewrite(self, question: str, options: Sequence[str],
               instruction: str = REWRITE_QUESTION_INSTRUCTION) -> str:
-    """The rewriter's user turn: the options are shown for context; only the question is rewritten."""
+    """The rewriter's user turn: options shown for context; only the question is rewritten."""
     return f"{self._block(instruction, question, options)}\n\nRewritten question:"
 
   def hint(self, decoded: str) -> str:
@@ -150,7 +151,8 @@ class Preset:
 
 @functools.lru_cache(maxsize=None)
 def _reference_strings() -> dict[str, str]:
-  with open(os.path.join(os.path.dirname(__file__), "reference_prompts.json"), encoding="utf-8") as f:
+  path = os.path.join(os.path.dirname(__file__), "reference_prompts.json")
+  with open(path, encoding="utf-8") as f:
     return json.load(f)
 
 
@@ -158,7 +160,8 @@ def _reference() -> Preset:
   s = _reference_strings()
   return Preset("reference", s["policy_instruction"], s["downstream_instruction"],
                 s["fixed_hint_downstream_instruction"], strip_cells=True, strip_hints=False,
-                policy_tail=s["policy_tail"], hint_lead=s["hint_lead"], answer_tail=s["answer_tail"])
+                policy_tail=s["policy_tail"], hint_lead=s["hint_lead"],
+                answer_tail=s["answer_tail"])
 
 
 def _clean() -> Preset:

@@ -1,6 +1,6 @@
 """Batched sampling with a KV cache: one jitted prefill plus a `lax.while_loop` decode.
 
-Prompts are left padded to a bucketed length (and the batch to a bucketed size), so
+Prompts are left padded to a bucketed length (and the batch to a bucketed size, `padding`), so
 every row writes step t at the same cache slot and new prompts of a similar size
 reuse the compiled program. The loop stops when every row has emitted an EOS token
 or the budget is spent, with no host round-trip per token (long budgets: one per
@@ -20,7 +20,6 @@ the draw: `logprobs[t]` is still that of the model's own logits, as above.
 
 import dataclasses
 import functools
-import weakref
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from prompt4trust_jax import constraints, next_token
+from prompt4trust_jax import constraints, head_layout, next_token, padding
 from prompt4trust_jax.models import kv_cache as kv_cache_lib
 from prompt4trust_jax.models.qwen2 import positions_from_mask
 
@@ -44,23 +43,6 @@ class GenerateOutput(NamedTuple):
   tokens_BxN: np.ndarray  # the same, padded with pad_token_id
   logprobs_BxN: np.ndarray  # padded with 0
   lengths_B: np.ndarray
-
-
-def bucket_length(n: int) -> int:
-  """Prompt lengths round up to 16, then to four buckets per doubling.
-
-  16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, ..., 256, 320, ...: beyond 32, under 25%
-  padding (prefill time grows with the padded length; a 311-token downstream prefix
-  padded to 512 spent 40% of it on padding) for 4 compiled shapes per doubling.
-  """
-  if n <= 16:
-    return 16
-  step = max(8, (1 << (n - 1).bit_length()) // 8)
-  return -(-n // step) * step
-
-
-def bucket_batch(n: int) -> int:
-  return 1 << (n - 1).bit_length()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,41 +275,6 @@ def decode_growing(graphdef, weights, head_DxV, state: DecodeState, rng, params:
       state = after_chunk(state)
 
 
-def decode_head(model) -> jax.Array:
-  """The LM head `[D, V]` laid out for a decode loop (inside or outside `jit`).
-
-  XLA:CPU reads a transposed matrix operand ~1.7x slower, and a tied head is the
-  transposed embedding table, so on CPU the head is laid out row-major first. Outside
-  `jit` that copy is made once per embedding table and reused while the table lives
-  (`_transposed_head`): a frozen model pays it once, not once per call or chunk.
-  """
-  tied = getattr(model, "tied_embedding", None)  # optional in the sampler's model protocol
-  table_VxD = tied() if tied is not None else None
-  if table_VxD is None or jax.default_backend() != "cpu":
-    return model.lm_head_kernel()
-  if isinstance(table_VxD, jax.core.Tracer):
-    return jax.lax.optimization_barrier(table_VxD.T)  # once per traced call
-  return _transposed_head(table_VxD)
-
-
-_TRANSPOSED_HEADS: dict[int, tuple[weakref.ref, jax.Array]] = {}
-
-
-def _transposed_head(table_VxD: jax.Array) -> jax.Array:
-  """`table.T` materialised, cached for as long as `table_VxD` itself is alive."""
-  key = id(table_VxD)
-  hit = _TRANSPOSED_HEADS.get(key)
-  if hit is not None and hit[0]() is table_VxD:
-    return hit[1]
-  head_DxV = _transpose(table_VxD)
-  evict = lambda _, key=key: _TRANSPOSED_HEADS.pop(key, None)
-  _TRANSPOSED_HEADS[key] = (weakref.ref(table_VxD, evict), head_DxV)
-  return head_DxV
-
-
-_transpose = jax.jit(jnp.transpose)
-
-
 def start(model, tokens_BxP, mask_BxP, rng, positions, image_embeds_IxD, head_DxV, *,
           max_new_tokens: int, params: SamplingParams, copies: int = 1,
           slots: int | None = None) -> DecodeState:
@@ -370,27 +317,16 @@ def generate_padded(graphdef, state, tokens_BxP, mask_BxP, rng, positions=None,
   to counting real tokens; multimodal callers pass M-RoPE positions and image tokens.
   With `copies` > 1 each prompt is sampled that many times (rows prompt-major), its
   cache shared by the copies (`share`) rather than prefilled or stored once per copy.
-  `head_DxV` is `decode_head(model)` computed by the caller (None: here).
+  `head_DxV` is `head_layout.decode_head(model)` computed by the caller (None: here).
   Returns `(tokens_BxN, logprobs_BxN, lengths_B)`, padded after each row's first EOS.
   """
   model = nnx.merge(graphdef, state)
   if head_DxV is None:
-    head_DxV = decode_head(model)
+    head_DxV = head_layout.decode_head(model)
   s = start(model, tokens_BxP, mask_BxP, rng, positions, image_embeds_IxD, head_DxV,
             max_new_tokens=max_new_tokens, params=params, copies=copies)
   s = decode(model, s, rng, params, head_DxV, max_new_tokens - 1)
   return s.tokens_BxN, s.logprobs_BxN, s.lengths_B
-
-
-def left_pad(prompts: Sequence[Sequence[int]], length: int, batch: int, pad_token_id: int):
-  """`(tokens, mask)` of shape `[batch, length]`, each prompt flush right."""
-  tokens = np.full((batch, length), pad_token_id, np.int32)
-  mask = np.zeros((batch, length), np.int32)
-  for row, prompt in enumerate(prompts):
-    if len(prompt):
-      tokens[row, length - len(prompt):] = prompt
-      mask[row, length - len(prompt):] = 1
-  return tokens, mask
 
 
 def _validate(prompts, vocab_size, max_new_tokens, temperature, top_k, top_p,
@@ -441,8 +377,8 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_new_tok
     if temperature > 0:
       raise ValueError("Sampling with temperature > 0 needs rng=jax.random.key(seed).")
     rng = jax.random.key(0)
-  tokens, mask = left_pad(prompts, bucket_length(max(len(p) for p in prompts)),
-                          bucket_batch(len(prompts)), pad_token_id)
+  tokens, mask = padding.left_pad(prompts, padding.bucket_length(max(len(p) for p in prompts)),
+                                  padding.bucket_batch(len(prompts)), pad_token_id)
   positions = image_embeds = None
   if pixel_values is not None or image_grid_thw is not None:
     if not hasattr(model, "multimodal_inputs"):
@@ -452,7 +388,7 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_new_tok
   params = SamplingParams(float(temperature), int(top_k), float(top_p),
                           tuple(int(e) for e in eos_token_ids), int(pad_token_id),
                           float(repetition_penalty))
-  head_DxV = decode_head(model)
+  head_DxV = head_layout.decode_head(model)
   if max_new_tokens > GROW_SLOTS:  # a growing cache, GROW_SLOTS tokens per compiled chunk
     s = _start(graphdef, state, tokens, mask, rng, positions, image_embeds, head_DxV,
                max_new_tokens=max_new_tokens, params=params, copies=copies, slots=GROW_SLOTS)

@@ -31,7 +31,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx, struct
 
-from prompt4trust_jax import constraints, prompts, sampling
+from prompt4trust_jax import constraints, padding, prompts
 from prompt4trust_jax import downstream as downstream_lib
 from prompt4trust_jax import sharding as sharding_lib
 from prompt4trust_jax.models import kv_cache as kv_cache_lib
@@ -150,14 +150,14 @@ def prepare(downstream: downstream_lib.Downstream,
 def collate(examples: Sequence[EncodedExample], rows: int, pad_token_id: int,
             letter_ids: tuple[int, ...]) -> OptionBatch:
   """Left pads `examples` to a bucketed length into `rows` rows (extra rows all padding)."""
-  T = sampling.bucket_length(max(len(x.ids) for x in examples))
-  tokens, mask = sampling.left_pad([x.ids for x in examples], T, rows, pad_token_id)
+  T = padding.bucket_length(max(len(x.ids) for x in examples))
+  tokens, mask = padding.left_pad([x.ids for x in examples], T, rows, pad_token_id)
   positions = np.zeros((rows, *examples[0].positions.shape[:-1], T), np.int32)
   ends = np.zeros((rows, len(letter_ids)), np.int32)
   labels = np.full(rows, -1, np.int32)
   embeds = None
   if examples[0].image_embeds is not None:
-    I = sampling.bucket_length(max(len(x.image_embeds) for x in examples))
+    I = padding.bucket_length(max(len(x.image_embeds) for x in examples))
     embeds = np.zeros((rows, I, examples[0].image_embeds.shape[-1]),
                       examples[0].image_embeds.dtype)
   for r, x in enumerate(examples):
@@ -315,7 +315,7 @@ def answer(downstream: downstream_lib.Downstream, prompt_NxD: jax.Array | None,
   probs = []
   for start in range(0, len(examples), batch_size):
     chunk = prepare(downstream, examples[start:start + batch_size])  # image tokens live one batch
-    batch = collate(chunk, sampling.bucket_batch(len(chunk)), downstream.pad_token_id, letter_ids)
+    batch = collate(chunk, padding.bucket_batch(len(chunk)), downstream.pad_token_id, letter_ids)
     logits_BxC, _ = option_logits(graphdef, state, prompt_NxD, batch)
     probs.append(np.asarray(jax.nn.softmax(logits_BxC[:len(chunk)], axis=-1)))
   option_probs = np.concatenate(probs)

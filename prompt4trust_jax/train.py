@@ -28,7 +28,7 @@ from absl import logging
 from flax import nnx
 
 from prompt4trust_jax import (calibration, data, downstream, fixtures, grpo, hints, models,
-                              prompts, rewards, sampling, sharding, update)
+                              padding, prompts, rewards, sharding, update)
 from prompt4trust_jax.models import generation_config
 from prompt4trust_jax.models import tokenizer as tokenizer_lib
 
@@ -191,7 +191,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       temperature=policy_settings["temperature"], micro_batches=g.micro_batches,
       group_size=config.sampling.num_generations)
   rollout = _Rollout(config, answerer, tokenizer, eos, reward_spec, reference, preset, letters,
-                     policy_settings, _sampling_graphdef(policy, config.policy.get("sampling_dtype")))
+                     policy_settings,
+                     _sampling_graphdef(policy, config.policy.get("sampling_dtype")))
 
   manager = _checkpoints(workdir, config.train.keep_checkpoints)
   start = 0
@@ -289,7 +290,7 @@ class _Rollout:
     info.update({f"downstream/{k}": float(v) for k, v in calibration.summary(
         judged.confidence_B, judged.valid_B, judged.correct_B).items()})
 
-    tokens, mask = sampling.left_pad(prompt_ids, sampling.bucket_length(max(map(len, prompt_ids))),
+    tokens, mask = padding.left_pad(prompt_ids, padding.bucket_length(max(map(len, prompt_ids))),
                                      len(prompt_ids), self.tokenizer.pad_token_id or 0)
     N = out.tokens_BxN.shape[1]
     completion_mask = (np.arange(N)[None] < out.lengths_B[:, None]).astype(np.float32)

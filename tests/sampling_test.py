@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 
-from prompt4trust_jax import constraints, models, sampling
+from prompt4trust_jax import constraints, head_layout, models, padding, sampling
 from tests import hf_oracle
 
 
@@ -116,13 +116,13 @@ def test_bad_arguments_are_named(model, prompts, kwargs, match):
 
 def test_buckets():
   lengths = (1, 16, 17, 44, 64, 65, 100, 128, 129, 311, 512, 513)
-  assert [sampling.bucket_length(n) for n in lengths] == [16, 16, 24, 48, 64, 80, 112, 128, 160,
+  assert [padding.bucket_length(n) for n in lengths] == [16, 16, 24, 48, 64, 80, 112, 128, 160,
                                                           320, 512, 640]
   # Beyond 32 tokens padding stays under a quarter of the length, with 4 buckets per doubling.
-  buckets = {sampling.bucket_length(n) for n in range(1, 4097)}
-  assert all(sampling.bucket_length(n) < 1.25 * n for n in range(33, 4097))
+  buckets = {padding.bucket_length(n) for n in range(1, 4097)}
+  assert all(padding.bucket_length(n) < 1.25 * n for n in range(33, 4097))
   assert len([b for b in buckets if 1024 < b <= 2048]) == 4
-  assert [sampling.bucket_batch(n) for n in (1, 3, 8, 9)] == [1, 4, 8, 16]
+  assert [padding.bucket_batch(n) for n in (1, 3, 8, 9)] == [1, 4, 8, 16]
 
 
 def test_tied_decode_head_is_laid_out_once_per_embedding_table():
@@ -130,17 +130,17 @@ def test_tied_decode_head_is_laid_out_once_per_embedding_table():
   from prompt4trust_jax import fixtures
   model = models.Qwen2ForCausalLM(fixtures.shape_config("tiny"), rngs=nnx.Rngs(0))
   assert model.tied_embedding() is not None
-  head = sampling.decode_head(model)
+  head = head_layout.decode_head(model)
   np.testing.assert_array_equal(head, model.model.embed_tokens.embedding[...].T)
-  assert sampling.decode_head(model) is head  # reused, not recomputed
+  assert head_layout.decode_head(model) is head  # reused, not recomputed
   # New weights (an optimizer step): a new layout, and the old one is dropped with its table.
   old_key = id(model.model.embed_tokens.embedding[...])
   model.model.embed_tokens.embedding[...] = model.model.embed_tokens.embedding[...] * 2
-  new_head = sampling.decode_head(model)
+  new_head = head_layout.decode_head(model)
   np.testing.assert_array_equal(new_head, 2 * head)
-  assert old_key not in sampling._TRANSPOSED_HEADS
+  assert old_key not in head_layout._TRANSPOSED_HEADS
   # Inside jit the head is computed from the traced table, never cached.
-  traced = jax.jit(lambda m: sampling.decode_head(m))(model)
+  traced = jax.jit(lambda m: head_layout.decode_head(m))(model)
   np.testing.assert_array_equal(traced, new_head)
 
 
@@ -200,8 +200,8 @@ def test_repetition_penalty_one_is_the_unpenalised_program(model):
   np.testing.assert_array_equal(one.logprobs_BxN, plain.logprobs_BxN)
   assert sampling.generate(model, prompts, repetition_penalty=1.5, **kw).tokens != plain.tokens
   # No presence mask is built or read: a [B, 0] placeholder and no scatter in the draw.
-  tokens, mask = sampling.left_pad(prompts, 32, 2, 0)
-  head_DxV = sampling.decode_head(model)
+  tokens, mask = padding.left_pad(prompts, 32, 2, 0)
+  head_DxV = head_layout.decode_head(model)
 
   def start(params):
     return sampling.start(model, tokens, mask, jax.random.key(0), None, None, head_DxV,

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from configs import soft_prompt_demo
-from prompt4trust_jax import (data, downstream, fixtures, images, sampling, sharding,
+from prompt4trust_jax import (data, downstream, fixtures, images, padding, sharding,
                               soft_prompt)
 
 # Real tokens for a prompt made of token embeddings (8 of them: position errors grow with N).
@@ -80,7 +80,7 @@ def test_a_prompt_of_token_embeddings_equals_those_tokens_in_front(ds, examples,
   # The reference: the model's own forward over [front + tokens], padded to one length for
   # both parametrisations so that its eager ops compile once.
   rows = [front + t[m > 0].tolist() for t, m in zip(batch.tokens_BxT, batch.mask_BxT)]
-  tokens, mask = sampling.left_pad(rows, batch.tokens_BxT.shape[1] + len(front), 2, 0)
+  tokens, mask = padding.left_pad(rows, batch.tokens_BxT.shape[1] + len(front), 2, 0)
   kw = {}
   if with_images:
     pixels, grids = zip(*(images.preprocess([x["image"]], ds.image_processor) for x in chosen))

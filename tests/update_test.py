@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from prompt4trust_jax import grpo, models, sampling, update
+from prompt4trust_jax import grpo, models, padding, sampling, update
 
 TOY = models.Qwen2Config(vocab_size=64, hidden_size=64, intermediate_size=128, num_layers=2,
                          num_heads=4, num_kv_heads=2, tie_word_embeddings=True)
@@ -143,7 +143,7 @@ def test_grouped_prompts_give_the_same_logprobs_gradients_and_step():
   rng = np.random.default_rng(5)
   P, N, Gs = 6, 5, 3
   prompts = [rng.integers(1, 64, n).tolist() for n in (6, 3, 4, 2)]
-  tokens_QxP, mask_QxP = sampling.left_pad(prompts, P, len(prompts), 0)
+  tokens_QxP, mask_QxP = padding.left_pad(prompts, P, len(prompts), 0)
   completions_BxN = rng.integers(1, 64, (len(prompts) * Gs, N))
   lengths_B = rng.integers(1, N + 1, len(prompts) * Gs)
   completion_mask_BxN = (np.arange(N)[None] < lengths_B[:, None]).astype(np.int32)

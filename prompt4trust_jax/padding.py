@@ -1,0 +1,37 @@
+"""Host-side padding of token-id prompts to the shapes of compiled programs.
+
+Prompt lengths and batch sizes are bucketed, so prompts of a similar size reuse one compiled
+program; prompts are left padded, so every row writes step t at the same cache slot.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def bucket_length(n: int) -> int:
+  """Prompt lengths round up to 16, then to four buckets per doubling.
+
+  16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, ..., 256, 320, ...: beyond 32, under 25%
+  padding (prefill time grows with the padded length; a 311-token downstream prefix
+  padded to 512 spent 40% of it on padding) for 4 compiled shapes per doubling.
+  """
+  if n <= 16:
+    return 16
+  step = max(8, (1 << (n - 1).bit_length()) // 8)
+  return -(-n // step) * step
+
+
+def bucket_batch(n: int) -> int:
+  return 1 << (n - 1).bit_length()
+
+
+def left_pad(prompts: Sequence[Sequence[int]], length: int, batch: int, pad_token_id: int):
+  """`(tokens, mask)` of shape `[batch, length]`, each prompt flush right."""
+  tokens = np.full((batch, length), pad_token_id, np.int32)
+  mask = np.zeros((batch, length), np.int32)
+  for row, prompt in enumerate(prompts):
+    if len(prompt):
+      tokens[row, length - len(prompt):] = prompt
+      mask[row, length - len(prompt):] = 1
+  return tokens, mask
