@@ -26,9 +26,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # "clean": tidied wording (shorter prompts for the toy tokenizer); "reference": the original
   # implementation's strings byte for byte (configs/pmcvqa.py).
   c.prompts = dict(preset="clean")
-  # dtype: the update's compute dtype (parameters stay float32); sampling_dtype: rollouts'
-  # ("" = the same).
-  c.policy = dict(path="", random_shape="tiny", dtype="float32", sampling_dtype="")
+  # dtype: the update's compute dtype; param_dtype: how parameters are held (float32: the
+  # master copy AdamW updates); sampling_dtype: rollouts' ("" = the same). remat: what each
+  # layer keeps for the backward ("none", "dots": matmul outputs only, "full": nothing).
+  # The KL's frozen reference: reference_dtype ("" = the policy's parameters as they are,
+  # or e.g. "bfloat16"), in host memory between rollouts when reference_host.
+  # LoRA (lora_rank > 0): adapters of rank lora_rank, scale lora_alpha / rank, on the
+  # comma-separated lora_targets ("" = every projection) are trained, the base is frozen
+  # (param_dtype may then be bfloat16) and is also the reference (adapters off, no copy).
+  c.policy = dict(path="", random_shape="tiny", dtype="float32", param_dtype="float32",
+                  sampling_dtype="", remat="none", reference_dtype="", reference_host=False,
+                  lora_rank=0, lora_alpha=32.0, lora_targets="")
   # Sampling fields left unset (placeholders) come from the checkpoint's generation_config.json
   # (sampling_defaults="generation_config", as vLLM filled them for the original), or are
   # neutral ("neutral": top_k off, no repetition penalty).
@@ -46,7 +54,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sampling = dict(num_generations=4, max_new_tokens=24, temperature=0.6, top_p=0.95, top_k=100,
                     repetition_penalty=1.0)
   c.grpo = dict(beta=0.04, kl_estimator="k3", epsilon_low=0.2, epsilon_high=0.2,
-                aggregation="bnpo", advantage="group_mean", num_iterations=2, micro_batches=1)
+                aggregation="bnpo", advantage="group_mean", num_iterations=2, micro_batches=1,
+                # Completion tokens (rows x positions) whose logits exist at once in the
+                # update and the reference forward (logprobs.from_hidden): 1024 x 151,936
+                # float32 logits are 0.6 GB.
+                logprob_chunk=1024)
   # schedule "linear": to 0 over all optimizer steps after warmup_steps (TRL's default).
   c.optimizer = dict(learning_rate=1e-4, weight_decay=0.0, max_grad_norm=1.0, schedule="linear",
                      warmup_steps=0)

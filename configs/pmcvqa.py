@@ -29,10 +29,31 @@ import ml_collections
 from configs import demo
 
 
+# Memory settings for the hardware at hand (`experiments.plan_memory` checks them; BENCHMARKS.md
+# has the per-device peaks at 8 questions x 8 hints): `configs/pmcvqa.py:<name>`.
+SETTINGS = {
+    # Full fine-tuning on one 80 GB GPU: 8 micro-batches, each layer recomputed.
+    "one_gpu": {"grpo.micro_batches": 8, "policy.remat": "full"},
+    # Full fine-tuning on an 8-chip slice of 16 GB chips (v4-8, v5e-8): parameters, Adam
+    # moments and the batch over fsdp=8; a bfloat16 reference.
+    "fsdp": {"policy.remat": "full", "policy.reference_dtype": "bfloat16"},
+    # LoRA rank 16 on one 16 GB chip: adapters trained on a bfloat16 base, which is also
+    # the reference (adapters off).
+    "lora": {"policy.lora_rank": 16, "policy.lora_alpha": 32.0, "policy.param_dtype": "bfloat16",
+             "policy.dtype": "bfloat16", "policy.remat": "full", "grpo.micro_batches": 8},
+}
+
+
 def get_config(arg: str | None = None):
-  """`configs/pmcvqa.py:multihost` joins a multi-host run (see BUILD.md)."""
+  """`configs/pmcvqa.py:<args>`, comma-separated: a memory setting (`SETTINGS`) and/or
+  `multihost` (joins a multi-host run, see BUILD.md)."""
   c = demo.get_config()
-  if arg == "multihost":
+  args = [a for a in (arg or "").split(",") if a]
+  unknown = set(args) - set(SETTINGS) - {"multihost"}
+  if unknown:
+    raise ValueError(f"Unknown configs/pmcvqa.py args {sorted(unknown)}; choose from "
+                     f"{sorted(SETTINGS)} and 'multihost'.")
+  if "multihost" in args:
     c.distributed = ml_collections.ConfigDict()  # TPU pod slices: everything is discovered
   c.prompts.preset = "reference"
   c.policy.update(path="", dtype="float32", sampling_dtype="bfloat16")  # Qwen2.5-1.5B-Instruct
@@ -47,4 +68,23 @@ def get_config(arg: str | None = None):
   c.optimizer.update(learning_rate=1e-6, weight_decay=0.0, max_grad_norm=1.0, schedule="linear",
                      warmup_steps=0)
   c.train.update(epochs=3.0, rollouts=0, checkpoint_every=50, keep_checkpoints=3)
+  for name in args:
+    for key, value in SETTINGS.get(name, {}).items():
+      section, field = key.split(".")
+      c[section][field] = value
   return c
+
+
+def for_runtime(devices) -> tuple[ml_collections.ConfigDict, str]:
+  """The paper's config in the memory setting that fits `devices` (e.g. `jax.devices()`),
+  and a sentence saying which and why."""
+  stats = devices[0].memory_stats() or {}
+  gb = stats.get("bytes_limit", 0) / 1e9
+  if len(devices) >= 8 and gb >= 15:
+    name, why = "fsdp", f"full fine-tuning sharded over {len(devices)} chips of {gb:.0f} GB"
+  elif gb >= 70:
+    name, why = "one_gpu", f"full fine-tuning on one {gb:.0f} GB device"
+  else:
+    name, why = "lora", (f"LoRA rank 16 ({len(devices)} device(s) of "
+                         f"{gb:.0f} GB: full fine-tuning needs 8 x 16 GB or one 80 GB)")
+  return get_config(name), f"setting {name!r}: {why}"

@@ -8,12 +8,10 @@ scaled) policy; `old_logp` comes from the sampler at generation time, so with
 """
 
 import dataclasses
-import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 def _group(rewards_B: jax.Array, group_size: int) -> jax.Array:
@@ -141,65 +139,3 @@ def loss(logp_BxN: jax.Array, old_logp_BxN: jax.Array, advantages_B: jax.Array,
   value = aggregate(per_token_BxN)
   metrics["loss"] = value
   return value, metrics
-
-
-def token_logprobs(logits_BxNxV: jax.Array, targets_BxN: jax.Array, temperature: float = 1.0):
-  """Log-probability of each target and the entropy `[B, N]` under logits / temperature.
-
-  `logits_BxNxV[:, t]` is the distribution that produced `targets_BxN[:, t]`, the
-  same quantity the sampler records for what it emitted. Differentiable in the logits
-  (both outputs) with a hand-written VJP: autodiff of log_softmax writes the full
-  `[B, N, V]` log-probabilities, their exponential and a scattered one-hot, ~4 passes
-  over the largest tensor of the update; here the forward makes one exp pass and the
-  backward one fused pass. Callers that can should fold 1 / temperature into what
-  produces the logits (`update.completion_logprobs` scales the hidden state).
-  """
-  return _token_logprobs(logits_BxNxV, targets_BxN, float(temperature))
-
-
-def _tempered(logits_BxNxV, temperature):
-  z_BxNxV = logits_BxNxV.astype(jnp.float32)
-  return z_BxNxV if temperature == 1.0 else z_BxNxV / temperature
-
-
-def _logprob_stats(logits_BxNxV, targets_BxN, temperature):
-  z_BxNxV = _tempered(logits_BxNxV, temperature)
-  max_BxN = jax.lax.stop_gradient(z_BxNxV.max(-1))
-  # Both sums share exp(z - max), one pass (written unlike the backward's exp(z - lse),
-  # which XLA would otherwise merge with it into a materialised [B, N, V] array).
-  e_BxNxV = jnp.exp(z_BxNxV - max_BxN[..., None])
-  sum_BxN, weighted_BxN = e_BxNxV.sum(-1), (e_BxNxV * z_BxNxV).sum(-1)
-  lse_BxN = max_BxN + jnp.log(sum_BxN)
-  target_BxN = jnp.take_along_axis(z_BxNxV, targets_BxN[..., None], axis=-1)[..., 0]
-  # entropy = lse - E_p[z]
-  return target_BxN - lse_BxN, lse_BxN - weighted_BxN / sum_BxN, lse_BxN
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _token_logprobs(logits_BxNxV, targets_BxN, temperature):
-  logp_BxN, entropy_BxN, _ = _logprob_stats(logits_BxNxV, targets_BxN, temperature)
-  return logp_BxN, entropy_BxN
-
-
-def _token_logprobs_fwd(logits_BxNxV, targets_BxN, temperature):
-  logp_BxN, entropy_BxN, lse_BxN = _logprob_stats(logits_BxNxV, targets_BxN, temperature)
-  return (logp_BxN, entropy_BxN), (logits_BxNxV, targets_BxN, lse_BxN, entropy_BxN)
-
-
-def _token_logprobs_bwd(temperature, residuals, cotangents):
-  logits_BxNxV, targets_BxN, lse_BxN, entropy_BxN = residuals
-  g_logp_BxN, g_entropy_BxN = cotangents
-  z_BxNxV = _tempered(logits_BxNxV, temperature)
-  p_BxNxV = jnp.exp(z_BxNxV - lse_BxN[..., None])
-  onehot_BxNxV = jnp.arange(z_BxNxV.shape[-1]) == targets_BxN[..., None]
-  mean_z_BxN = lse_BxN - entropy_BxN
-  # d logp / dz = onehot - p;  d entropy / dz = p * (E_p[z] - z).
-  dz_BxNxV = (g_logp_BxN[..., None] * (onehot_BxNxV - p_BxNxV)
-              + g_entropy_BxN[..., None] * p_BxNxV * (mean_z_BxN[..., None] - z_BxNxV))
-  targets_ct = np.zeros(targets_BxN.shape, jax.dtypes.float0)
-  if temperature != 1.0:
-    dz_BxNxV = dz_BxNxV / temperature  # d z / d logits
-  return dz_BxNxV.astype(logits_BxNxV.dtype), targets_ct
-
-
-_token_logprobs.defvjp(_token_logprobs_fwd, _token_logprobs_bwd)

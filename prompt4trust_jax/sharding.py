@@ -21,6 +21,7 @@ PARAM_RULES = (
     (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)\.kernel$", P("fsdp", "tensor")),
     (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)\.bias$", P("tensor")),
     (r"(o_proj|down_proj)\.kernel$", P("tensor", "fsdp")),
+    (r"lora_(a|b)$", P()),  # LoRA adapters: rank 8-64, small enough to replicate
     (r".*", P()),
 )
 

@@ -11,7 +11,6 @@ iterator whose state is saved with each checkpoint, so a checkpoint (policy para
 optimizer state, step, iterator state) continues bit for bit.
 """
 
-import dataclasses
 import json
 import math
 import os
@@ -28,8 +27,10 @@ from absl import logging
 from flax import nnx
 
 from prompt4trust_jax import (calibration, data, downstream, fixtures, grpo, hints, models,
-                              padding, prompts, rewards, sharding, update)
+                              padding, prompts, reference, rewards, sharding,
+                              update)
 from prompt4trust_jax.models import generation_config
+from prompt4trust_jax.models import lora
 from prompt4trust_jax.models import tokenizer as tokenizer_lib
 
 
@@ -90,11 +91,29 @@ def policy_sampling(section, path: str) -> dict:
   return generation_config.resolve(settings, path, section.get("sampling_defaults", "neutral"))
 
 
+def lora_config(section) -> lora.LoRAConfig | None:
+  """The policy section's LoRA settings (None: full fine-tuning, `lora_rank` 0)."""
+  if not section.get("lora_rank"):
+    return None
+  targets = section.get("lora_targets") or ",".join(lora.ALL_PROJECTIONS)
+  return lora.LoRAConfig(section.lora_rank, section.get("lora_alpha", 32.0),
+                         tuple(t.strip() for t in targets.split(",") if t.strip()))
+
+
 def policy_model(section, workdir: str, seed: int, mesh=None):
-  """`(model, tokenizer, stop ids, path)` of the policy as training holds it: float32
-  parameters (the master copy; `section.dtype` is the compute dtype)."""
+  """`(model, tokenizer, stop ids, path)` of the policy as training holds it: parameters in
+  `section.param_dtype` (float32: the master copy; `section.dtype` is the compute dtype),
+  with zero-initialised LoRA adapters (float32) when `section.lora_rank` is set."""
   path = model_dir(section, workdir, seed, vision=False)
-  model = models.from_pretrained(path, dtype=section.dtype, param_dtype="float32", mesh=mesh)
+  model = models.from_pretrained(path, dtype=section.dtype,
+                                 param_dtype=section.get("param_dtype") or "float32", mesh=mesh,
+                                 remat=section.get("remat", "none"))
+  adapters = lora_config(section)
+  if adapters is not None:
+    lora.apply(model, adapters, nnx.Rngs(seed))
+    if mesh is not None:  # beside the sharded base, by the partition rules
+      placed = nnx.state(model, nnx.LoRAParam)
+      nnx.update(model, jax.device_put(placed, sharding.tree_shardings(placed, mesh)))
   tokenizer = models.load_tokenizer(path)
   return model, tokenizer, tokenizer_lib.stop_token_ids(tokenizer, path), path
 
@@ -108,19 +127,30 @@ def _checkpoints(workdir: str, keep: int | None = None) -> ocp.CheckpointManager
 def load_policy(workdir: str, policy: nnx.Module, step: int | None = None) -> int:
   """Puts the policy parameters a training run saved at `step` (default: latest) into `policy`.
 
-  `policy` is the model the run started from (same config, float32 parameters as training
-  keeps them); its arrays keep their shardings. Returns the step restored.
+  `policy` is the model the run started from (`policy_model` with the run's policy section:
+  same dtypes, same LoRA adapters); its arrays keep their shardings. Returns the step restored.
   """
   manager = _checkpoints(workdir)
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints; train first or pass the "
                             "training run's workdir.")
-  target = {"params": nnx.state(policy)}
+  target = {"params": nnx.state(policy, lora.trainable(policy))}  # LoRA: the adapters
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
       target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
       partial_restore=True)))  # the params only, not the optimizer state
   nnx.update(policy, restored["state"]["params"])
+  return step
+
+
+def export_policy(config: ml_collections.ConfigDict, workdir: str, out_dir: str,
+                  step: int | None = None, dtype: str | None = None) -> int:
+  """Writes the policy a training run saved at `step` (default: latest) as a hub-layout
+  safetensors directory (LoRA adapters merged), with the base checkpoint's tokenizer and
+  config files. Returns the step exported."""
+  policy, _, _, path = policy_model(config.policy, workdir, config.seed)
+  step = load_policy(workdir, policy, step)
+  models.export_hf(policy, out_dir, source_dir=path, dtype=dtype)
   return step
 
 
@@ -178,8 +208,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                                 beta=g.beta, kl_estimator=g.kl_estimator,
                                 aggregation=g.aggregation,
                                 max_completion_length=config.sampling.max_new_tokens)
-  graphdef, initial = nnx.split(policy)
-  reference = jax.tree.map(jnp.copy, initial) if g.beta else None
+  frozen = None
+  if g.beta:
+    frozen = reference.Reference.create(policy, config.policy.get("reference_dtype"),
+                                        config.policy.get("reference_host", False))
   policy_settings = policy_sampling(config.sampling, policy_path)
   batches, split_size = _data_iterator(config, workdir)
   total = num_rollouts(config.train, config.data.questions_per_step, split_size)
@@ -189,10 +221,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   state, step_fn = update.sharded_train_step(
       update.TrainState.create(policy, tx), mesh, config=loss_config,
       temperature=policy_settings["temperature"], micro_batches=g.micro_batches,
-      group_size=config.sampling.num_generations)
-  rollout = _Rollout(config, answerer, tokenizer, eos, reward_spec, reference, preset, letters,
-                     policy_settings,
-                     _sampling_graphdef(policy, config.policy.get("sampling_dtype")))
+      group_size=config.sampling.num_generations, logprob_chunk=g.get("logprob_chunk"))
+  rollout = _Rollout(config, answerer, tokenizer, eos, reward_spec, frozen, preset, letters,
+                     policy_settings, models.graphdef_in(policy, config.policy.get("sampling_dtype")))
 
   manager = _checkpoints(workdir, config.train.keep_checkpoints)
   start = 0
@@ -243,14 +274,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   return metrics
 
 
-def _sampling_graphdef(policy: nnx.Module, dtype: str | None):
-  """The policy's graph computing (and storing) in `dtype` for rollouts; None: the policy's."""
-  if not dtype or dtype == policy.config.dtype:
-    return None
-  config = dataclasses.replace(policy.config, dtype=dtype, param_dtype=dtype)
-  return nnx.graphdef(nnx.eval_shape(lambda: type(policy)(config, rngs=nnx.Rngs(0))))
-
-
 class _Rollout:
   """One rollout: hints for each question (G each), the downstream's answers, rewards -> an
   update batch. Settings that do not change between rollouts are bound once here."""
@@ -264,9 +287,10 @@ class _Rollout:
 
   def _sampler(self, state) -> nnx.Module:
     if self.sampling_graphdef is None:
-      return nnx.merge(state.graphdef, state.params)
+      return state.model()
     dtype = jnp.dtype(self.config.policy.sampling_dtype)
-    return nnx.merge(self.sampling_graphdef, jax.tree.map(lambda x: x.astype(dtype), state.params))
+    return nnx.merge(self.sampling_graphdef,
+                     jax.tree.map(lambda x: x.astype(dtype), state.model_state()))
 
   def __call__(self, state, examples, key):
     config, G = self.config, self.config.sampling.num_generations
@@ -301,14 +325,16 @@ class _Rollout:
         completion_mask_BxN=jnp.asarray(completion_mask),
         old_logp_BxN=jnp.asarray(out.logprobs_BxN),
         advantages_B=grpo.advantages(total_B, G, config.grpo.advantage))
-    logprobs = lambda params: update.reference_logprobs(
-        state.graphdef, params, batch.tokens_BxL, batch.attention_mask_BxL, N,
-        self.sampling_settings["temperature"], group_size=G)
+    forward = dict(temperature=self.sampling_settings["temperature"], group_size=G,
+                   logprob_chunk=config.grpo.get("logprob_chunk"))
     if self.sampling_graphdef is not None:
       # Sampled in another precision: the ratio's "old" log-probs are the update's own
       # forward at generation time, as TRL computes them.
-      batch = batch.replace(old_logp_BxN=logprobs(state.params))
+      batch = batch.replace(old_logp_BxN=update.reference_logprobs(
+          state.graphdef, state.model_state(), batch.tokens_BxL, batch.attention_mask_BxL, N,
+          **forward))
     if self.reference is not None:
-      batch = batch.replace(ref_logp_BxN=logprobs(self.reference))
+      batch = batch.replace(ref_logp_BxN=self.reference.logprobs(
+          batch.tokens_BxL, batch.attention_mask_BxL, N, state=state, **forward))
     info["hint_length/mean"] = float(out.lengths_B.mean())
     return batch, info

@@ -1,9 +1,11 @@
 """The GRPO policy update: a pure `train_step(state, batch) -> (state, metrics)`.
 
-Parameters stay in float32 (the master copy Optax updates); the policy may compute
-in bfloat16 (its config's `dtype`). A batch holds rollouts as one token array per
-completion: the prompt left padded to P tokens, then the completion right padded
-to N tokens, with the sampler's log-probabilities as the "old" policy's.
+Trained parameters stay in float32 (the master copy Optax updates); the policy may compute
+in bfloat16 (its config's `dtype`). With LoRA adapters (`models.lora`) only they are
+trained and have optimizer state; the base is held frozen in the state. A batch holds
+rollouts as one token array per completion: the prompt left padded to P tokens, then the
+completion right padded to N tokens, with the sampler's log-probabilities as the "old"
+policy's.
 """
 
 import functools
@@ -12,26 +14,37 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx, struct
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from prompt4trust_jax import grpo
+from prompt4trust_jax import logprobs as logprobs_lib
 from prompt4trust_jax import sharding as sharding_lib
 from prompt4trust_jax.models import kv_cache as kv_cache_lib
+from prompt4trust_jax.models import lora
 from prompt4trust_jax.models import qwen2
 
 
 @struct.dataclass
 class TrainState:
   step: jax.Array
-  params: nnx.State
+  params: nnx.State  # what the optimizer updates: all parameters, or the LoRA adapters
   opt_state: optax.OptState
   graphdef: nnx.GraphDef = struct.field(pytree_node=False)
   tx: optax.GradientTransformation = struct.field(pytree_node=False)
+  frozen: nnx.State | None = None  # the rest of the model (the base under LoRA), never updated
 
   @classmethod
   def create(cls, model: nnx.Module, tx: optax.GradientTransformation) -> "TrainState":
-    graphdef, params = nnx.split(model)
+    graphdef, params, frozen = nnx.split(model, lora.trainable(model), ...)
     return cls(step=jnp.int32(0), params=params, opt_state=tx.init(params), graphdef=graphdef,
-               tx=tx)
+               tx=tx, frozen=frozen)
+
+  def model_state(self, params: nnx.State | None = None) -> nnx.State:
+    """The whole model's state: `params` (default: the trained ones) and the frozen rest."""
+    return nnx.merge_state(self.params if params is None else params, self.frozen)
+
+  def model(self) -> nnx.Module:
+    return nnx.merge(self.graphdef, self.model_state())
 
 
 @struct.dataclass
@@ -52,10 +65,13 @@ def optimizer(learning_rate: float | optax.Schedule = 1e-6, weight_decay: float 
 
 
 def completion_logprobs(model, tokens_BxL, attention_mask_BxL, completion_length: int,
-                        temperature: float = 1.0, group_size: int = 1):
+                        temperature: float = 1.0, group_size: int = 1,
+                        logprob_chunk: int | None = None):
   """Per-token log-probs and entropies `[B, N]` of the last N tokens under the policy.
 
-  Only the positions that predict completion tokens go through the LM head. With
+  Only the positions that predict completion tokens go through the LM head, and their
+  logits exist for about `logprob_chunk` tokens (rows x positions) at a time
+  (`logprobs.from_hidden`; None: all B x N at once). With
   `group_size` G > 1, rows g*G .. g*G + G-1 must share their prompt (the first L - N
   tokens and mask, as a GRPO rollout's G completions do): each prompt then runs once
   and its G completions attend to its keys/values as a shared prefix (`kv_cache.shared`)
@@ -72,7 +88,11 @@ def completion_logprobs(model, tokens_BxL, attention_mask_BxL, completion_length
     h_BxNxD = h_BxLxD[:, L - N - 1:L - 1]
   # logits / T as (h / T) @ head: the matmul writes the tempered logits directly instead
   # of a further pass over the [B, N, V] tensor (forward and backward).
-  return grpo.token_logprobs(model.logits(h_BxNxD * (1.0 / temperature)), tokens_BxL[:, L - N:])
+  dtype = jnp.dtype(model.text_config.dtype)
+  positions = None if logprob_chunk is None else max(1, logprob_chunk // tokens_BxL.shape[0])
+  return logprobs_lib.from_hidden((h_BxNxD * (1.0 / temperature)).astype(dtype),
+                                  model.lm_head_kernel().astype(dtype), tokens_BxL[:, L - N:],
+                                  positions)
 
 
 def _grouped_hidden(model, tokens_BxL, attention_mask_BxL, N: int, G: int):
@@ -94,28 +114,29 @@ def _grouped_hidden(model, tokens_BxL, attention_mask_BxL, N: int, G: int):
   h_BxNxD, _ = model.step(
       model.embed(tokens_BxL[:, P:]), positions_BxN,
       kv_cache_lib.attention_mask(completion_mask_BxN, 0, N),
-      kv_cache_lib.shared(cache, prompt_mask_QxP, G, N), 0)
+      kv_cache_lib.prefix_only(cache, prompt_mask_QxP), 0)
   # The last prompt position (a real token: prompts are left padded) predicts the first.
   first_Bx1xD = jnp.repeat(h_QxPxD[:, -1:], G, axis=0)
   return jnp.concatenate([first_Bx1xD, h_BxNxD[:, :-1]], axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "completion_length", "temperature",
-                                             "group_size"))
+                                             "group_size", "logprob_chunk"))
 def reference_logprobs(graphdef, params, tokens_BxL, attention_mask_BxL, completion_length: int,
-                       temperature: float = 1.0, group_size: int = 1) -> jax.Array:
+                       temperature: float = 1.0, group_size: int = 1,
+                       logprob_chunk: int | None = None) -> jax.Array:
   """The frozen reference's per-token log-probs `[B, N]`, once per rollout (for the KL)."""
   model = nnx.merge(graphdef, params)
   return completion_logprobs(model, tokens_BxL, attention_mask_BxL, completion_length,
-                             temperature, group_size)[0]
+                             temperature, group_size, logprob_chunk)[0]
 
 
-def _loss_fn(params, graphdef, batch: Batch, config: grpo.LossConfig, temperature: float,
-             group_size: int):
-  model = nnx.merge(graphdef, params)
+def _loss_fn(params, frozen, graphdef, batch: Batch, config: grpo.LossConfig,
+             temperature: float, group_size: int, logprob_chunk: int | None):
+  model = nnx.merge(graphdef, params, frozen)
   N = batch.completion_mask_BxN.shape[1]
   logp_BxN, entropy_BxN = completion_logprobs(model, batch.tokens_BxL, batch.attention_mask_BxL,
-                                              N, temperature, group_size)
+                                              N, temperature, group_size, logprob_chunk)
   value, metrics = grpo.loss(logp_BxN, batch.old_logp_BxN, batch.advantages_B,
                              batch.completion_mask_BxN, config, batch.ref_logp_BxN)
   mask = batch.completion_mask_BxN.astype(jnp.float32)
@@ -123,41 +144,65 @@ def _loss_fn(params, graphdef, batch: Batch, config: grpo.LossConfig, temperatur
   return value, metrics
 
 
+def micro_split(batch: Batch, micro_batches: int, group_size: int = 1) -> Batch:
+  """`[micro_batches, B / micro_batches, ...]` slices; slice k holds groups k, k + m, k + 2m, ...
+
+  Striding over groups (not cutting B into consecutive blocks) gives every slice an equal
+  share of each device's rows when the batch is split over devices in contiguous blocks:
+  each slice stays sharded over the batch axes instead of living on a few devices, and the
+  slices are the same on every mesh.
+  """
+  B = batch.tokens_BxL.shape[0]
+  if B % (micro_batches * group_size):
+    raise ValueError(f"A batch of {B} does not split into {micro_batches} micro-batches of "
+                     f"whole groups of {group_size}.")
+  def split(x):
+    x = x.reshape(B // (group_size * micro_batches), micro_batches, group_size, *x.shape[1:])
+    return jnp.swapaxes(x, 0, 1).reshape(micro_batches, B // micro_batches, *x.shape[3:])
+  return jax.tree.map(split, batch)
+
+
 def _train_step(state: TrainState, batch: Batch, *, config: grpo.LossConfig,
-                temperature: float = 1.0, micro_batches: int = 1, group_size: int = 1):
+                temperature: float = 1.0, micro_batches: int = 1, group_size: int = 1,
+                logprob_chunk: int | None = None, micro_sharding=None):
   """One optimizer step on `batch`, accumulating gradients over `micro_batches` slices.
 
-  As in TRL, each micro-batch's loss is normalised on its own and the gradients averaged.
-  `group_size` G > 1 computes each group's shared prompt once (`completion_logprobs`).
+  As in TRL, each micro-batch's loss is normalised on its own and the gradients averaged
+  (`micro_split` says which rows each holds). `group_size` G > 1 computes each group's
+  shared prompt once (`completion_logprobs`).
   """
   grad_fn = jax.value_and_grad(_loss_fn, has_aux=True)
-  if micro_batches == 1:
-    (_, metrics), grads = grad_fn(state.params, state.graphdef, batch, config, temperature,
-                                  group_size)
-  else:
-    B = batch.tokens_BxL.shape[0]
-    if B % (micro_batches * group_size):
-      raise ValueError(f"A batch of {B} does not split into {micro_batches} micro-batches of "
-                       f"whole groups of {group_size}.")
-    split = jax.tree.map(lambda x: x.reshape(micro_batches, -1, *x.shape[1:]), batch)
+  # One path for any number of slices (a one-slice scan compiles to straight-line code).
+  # With several, each slice's backward runs inside the loop body, apart from the
+  # optimizer's update: XLA:CPU's scheduler, given both in one block, keeps every layer's
+  # rematerialised activations alive at once.
+  split = micro_split(batch, micro_batches, group_size)
+  if micro_sharding is not None:  # each slice split over the batch axes, as the batch is
+    split = jax.lax.with_sharding_constraint(split, micro_sharding)
 
-    def accumulate(grads, micro):
-      (_, metrics), g = grad_fn(state.params, state.graphdef, micro, config, temperature,
-                                group_size)
-      return jax.tree.map(jnp.add, grads, g), metrics
+  def accumulate(grads, micro):
+    (_, metrics), g = grad_fn(state.params, state.frozen, state.graphdef, micro, config,
+                              temperature, group_size, logprob_chunk)
+    return jax.tree.map(jnp.add, grads, g), metrics
 
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    grads, metrics = jax.lax.scan(accumulate, zeros, split)
-    grads = jax.tree.map(lambda g: g / micro_batches, grads)
-    metrics = jax.tree.map(jnp.mean, metrics)
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  grads, metrics = jax.lax.scan(accumulate, zeros, split)
+  grads = jax.tree.map(lambda g: g / micro_batches, grads)
+  metrics = jax.tree.map(jnp.mean, metrics)
   metrics["grad_norm"] = optax.tree.norm(grads)
-  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  # A non-finite loss, gradient or update leaves the state as it was (the caller counts skips).
+  # A non-finite loss, gradient or update leaves the state as it was (the caller counts
+  # skips). The update is computed twice: once only for its norm (an elementwise map
+  # reduced on the fly, nothing stored), then under `lax.cond`, where the new state replaces
+  # the old in place. Selecting between both (a `where`) would hold two optimizer states.
+  update_norm = optax.tree.norm(state.tx.update(grads, state.opt_state, state.params)[0])
   ok = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
-        & jnp.isfinite(optax.tree.norm(updates)))
-  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-  params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+        & jnp.isfinite(update_norm))
+
+  def apply(params, opt_state):
+    updates, opt_state = state.tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  params, opt_state = jax.lax.cond(ok, apply, lambda *old: old, state.params, state.opt_state)
   metrics["skipped"] = (~ok).astype(jnp.float32)
   mask = batch.completion_mask_BxN.astype(jnp.float32)
   metrics["completion_length/mean"] = mask.sum(-1).mean()
@@ -168,31 +213,43 @@ def _train_step(state: TrainState, batch: Batch, *, config: grpo.LossConfig,
 
 
 train_step = jax.jit(_train_step,
-                     static_argnames=("config", "temperature", "micro_batches", "group_size"),
+                     static_argnames=("config", "temperature", "micro_batches", "group_size",
+                                      "logprob_chunk"),
                      donate_argnames=("state",))
 train_step.__doc__ = _train_step.__doc__
 
 
 def state_shardings(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
-  """Where each part of the state lives: parameters by the partition rules, Adam moments
-  like their parameters, counters replicated."""
+  """Where each part of the state lives: parameters (trained and frozen) by the partition
+  rules, Adam moments like their parameters, counters replicated."""
   params = sharding_lib.tree_shardings(state.params, mesh)
   opt_state = optax.tree_map_params(state.tx, lambda _, s: s, state.opt_state, params,
                                     transform_non_params=lambda _: sharding_lib.replicated(mesh))
-  return state.replace(step=sharding_lib.replicated(mesh), params=params, opt_state=opt_state)
+  return state.replace(step=sharding_lib.replicated(mesh), params=params, opt_state=opt_state,
+                       frozen=sharding_lib.tree_shardings(state.frozen, mesh))
 
 
-def sharded_train_step(state: TrainState, mesh: jax.sharding.Mesh, *, config: grpo.LossConfig,
-                       temperature: float = 1.0, micro_batches: int = 1, group_size: int = 1):
-  """`(state placed on mesh, step_fn)`: `step_fn(state, batch)` is `train_step` jitted with
-  explicit in/out shardings (batch split over data x fsdp) and the state donated."""
+def jit_train_step(state: TrainState, mesh: jax.sharding.Mesh, *, config: grpo.LossConfig,
+                   temperature: float = 1.0, micro_batches: int = 1, group_size: int = 1,
+                   logprob_chunk: int | None = None):
+  """`train_step` jitted with explicit in/out shardings on `mesh` (batch split over
+  data x fsdp) and the state donated. `state` may be abstract (`jax.eval_shape`): the
+  memory planner lowers this same program."""
   state_sh = state_shardings(state, mesh)
-  batch_sh = sharding_lib.batch_sharding(mesh)
-  jitted = jax.jit(
+  return jax.jit(
       functools.partial(_train_step, config=config, temperature=temperature,
-                        micro_batches=micro_batches, group_size=group_size),
-      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, sharding_lib.replicated(mesh)),
-      donate_argnums=0)
+                        micro_batches=micro_batches, group_size=group_size,
+                        logprob_chunk=logprob_chunk,
+                        micro_sharding=NamedSharding(mesh, P(None, ("data", "fsdp")))),
+      in_shardings=(state_sh, sharding_lib.batch_sharding(mesh)),
+      out_shardings=(state_sh, sharding_lib.replicated(mesh)), donate_argnums=0)
+
+
+def sharded_train_step(state: TrainState, mesh: jax.sharding.Mesh, **options):
+  """`(state placed on mesh, step_fn)`: `step_fn(state, batch)` runs `jit_train_step`
+  (`options` are its keywords) after placing the batch."""
+  jitted = jit_train_step(state, mesh, **options)
+  batch_sh = sharding_lib.batch_sharding(mesh)
   devices = mesh.shape["data"] * mesh.shape["fsdp"]
 
   def step_fn(state: TrainState, batch: Batch):
@@ -201,4 +258,4 @@ def sharded_train_step(state: TrainState, mesh: jax.sharding.Mesh, *, config: gr
                        f"the {devices} data-parallel devices; change questions or generations.")
     return jitted(state, jax.device_put(batch, batch_sh))
 
-  return jax.device_put(state, state_sh), step_fn
+  return jax.device_put(state, state_shardings(state, mesh)), step_fn

@@ -3,6 +3,8 @@
 import json
 import os
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -26,3 +28,26 @@ def test_colab_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
   assert set(namespace["results"]) == {"no_hint", "prompt4trust", "logit"}
   assert namespace["metrics"]["downstream/invalid_rate"] == 0
   assert [row["rollout"] for row in namespace["history"]] == [1, 2]
+  assert namespace["choice"].startswith("setting 'lora'")  # what one CPU fits
+
+
+def test_the_paper_config_fits_the_runtime_it_finds():
+  from configs import pmcvqa
+
+  class Chip:
+    def __init__(self, gb):
+      self.gb = gb
+
+    def memory_stats(self):
+      return {"bytes_limit": self.gb * 1e9}
+
+  config, choice = pmcvqa.for_runtime([Chip(16)])  # a Colab v2/v3/v5e chip
+  assert choice.startswith("setting 'lora'") and config.policy.lora_rank == 16
+  config, choice = pmcvqa.for_runtime([Chip(16)] * 8)  # a v5e-8 slice
+  assert choice.startswith("setting 'fsdp'") and config.policy.lora_rank == 0
+  assert config.policy.reference_dtype == "bfloat16" and config.policy.remat == "full"
+  config, choice = pmcvqa.for_runtime([Chip(80)])  # one H100
+  assert choice.startswith("setting 'one_gpu'") and config.grpo.micro_batches == 8
+  assert pmcvqa.get_config("lora,multihost").distributed is not None
+  with pytest.raises(ValueError, match="Unknown configs/pmcvqa.py args"):
+    pmcvqa.get_config("huge")

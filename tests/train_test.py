@@ -122,3 +122,32 @@ def test_rollouts_sample_in_their_own_precision(tmp_path, monkeypatch):
   assert dtypes == [{jnp.dtype("bfloat16")}]
   assert len(forwards) == 2  # the old log-probs, then the reference's
   assert np.isfinite(metrics["loss"])
+
+
+def test_lora_run_checkpoints_adapters_only_and_exports_them_merged(tmp_path):
+  """policy.lora_rank: the run trains adapters on a bfloat16 base (no reference copy), its
+  checkpoints hold adapters and their moments only, and the export folds them in."""
+  from flax import nnx
+  from prompt4trust_jax import models
+  from prompt4trust_jax.models import lora
+  workdir = str(tmp_path / "run")
+  config = _config(2, **{"policy.lora_rank": 4, "policy.lora_targets": "q_proj,v_proj,up_proj",
+                         "policy.param_dtype": "bfloat16", "optimizer.learning_rate": 1e-2})
+  metrics = train.run(config, workdir)
+  assert np.isfinite(metrics["loss"]) and metrics["kl"] >= 0
+  saved = _checkpoint(workdir, 2)["params"]
+  paths = {"/".join(map(str, p)) for p, _ in jax.tree_util.tree_flatten_with_path(saved)[0]}
+  assert paths and all("lora_a" in p or "lora_b" in p for p in paths), sorted(paths)[:4]
+  assert len(paths) == 2 * 3 * 2  # A and B on 3 projections of 2 layers
+  policy, *_ = train.policy_model(config.policy, workdir, config.seed)
+  train.load_policy(workdir, policy)
+  assert max(float(abs(x).max()) for x in jax.tree.leaves(nnx.state(policy, nnx.LoRAParam))
+             if x.ndim and x.shape[0] == 4) > 0  # B moved off zero
+  out = str(tmp_path / "export")
+  assert train.export_policy(config, workdir, out) == 2
+  exported = models.from_pretrained(out, dtype="float32")
+  assert not lora.has_adapters(exported)
+  ids = np.array([[5, 6, 7, 8]])
+  adapted = np.asarray(policy(ids))
+  # The base is stored in bfloat16; the merged kernels are rounded to it once more.
+  np.testing.assert_allclose(np.asarray(exported(ids)), adapted, atol=0.05 * np.abs(adapted).max())

@@ -107,20 +107,27 @@ def test_non_finite_loss_leaves_the_state_unchanged():
     np.testing.assert_array_equal(a, b)
 
 
-def test_remat_gives_the_same_gradients(tmp_path):
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_gives_the_same_gradients(policy):
   import dataclasses
   prompts = np.random.default_rng(6).integers(0, 64, (PROMPTS, 4)).tolist()
   make = lambda cfg: update.TrainState.create(models.Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(0)),
                                               optax.sgd(1.0))
   batch, _ = _rollout(make(TOY), prompts, jax.random.key(7))
   plain, m1 = update.train_step(make(TOY), batch, config=grpo.LossConfig(beta=0.0))
-  remat, m2 = update.train_step(make(dataclasses.replace(TOY, remat=True)), batch,
+  remat, m2 = update.train_step(make(dataclasses.replace(TOY, remat=policy)), batch,
                                 config=grpo.LossConfig(beta=0.0))
   for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(remat.params)):
     np.testing.assert_allclose(a, b, atol=1e-6)
   np.testing.assert_allclose(m1["grad_norm"], m2["grad_norm"], rtol=1e-6)
   loss = lambda params: nnx.merge(remat.graphdef, params)(input_ids=jnp.ones((1, 4), jnp.int32)).sum()
   assert str(jax.make_jaxpr(jax.grad(loss))(remat.params)).count("remat") == TOY.num_layers
+  # The sampler runs the same remat model inside its decode loop.
+  sample = lambda state: sampling.generate(nnx.merge(state.graphdef, state.params), prompts,
+                                           max_new_tokens=4, temperature=0).tokens
+  assert sample(remat) == sample(plain)
+  with pytest.raises(ValueError, match="Unknown remat policy 'some'"):
+    dataclasses.replace(TOY, remat="some")
 
 
 def test_bfloat16_compute_keeps_float32_master_weights():
@@ -175,11 +182,43 @@ def test_grouped_prompts_give_the_same_logprobs_gradients_and_step():
   make = lambda: update.TrainState.create(models.Qwen2ForCausalLM(TOY, rngs=nnx.Rngs(3)),
                                           optax.sgd(1.0))
   config = grpo.LossConfig(beta=0.0)
-  one, m1 = update.train_step(make(), batch, config=config, temperature=0.7, micro_batches=2)
-  two, m2 = update.train_step(make(), batch, config=config, temperature=0.7, micro_batches=2,
-                              group_size=Gs)
-  np.testing.assert_allclose(m1["loss"], m2["loss"], atol=1e-6)
-  for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
+  one, m1 = update.train_step(make(), batch, config=config, temperature=0.7)
+  two, m2 = update.train_step(make(), batch, config=config, temperature=0.7, group_size=Gs)
+  # Logits made for 2 tokens at a time (12 rows: one position; N = 5) change nothing.
+  three, m3 = update.train_step(make(), batch, config=config, temperature=0.7,
+                                group_size=Gs, logprob_chunk=2)
+  for m in (m2, m3):
+    np.testing.assert_allclose(m1["loss"], m["loss"], atol=1e-6)
+    np.testing.assert_allclose(m1["entropy"], m["entropy"], atol=1e-5)
+  for a, b, c in zip(*map(jax.tree.leaves, (one.params, two.params, three.params))):
     np.testing.assert_allclose(a, b, atol=2e-5)
+    np.testing.assert_allclose(a, c, atol=2e-5)
+  np.testing.assert_allclose(
+      update.reference_logprobs(graphdef, params, tokens, mask, N, 0.7, group_size=Gs,
+                                logprob_chunk=2)[real], np.asarray(full[0])[real], atol=2e-5)
+  # Micro-batches of whole groups; as many as the batch allows.
+  _, m4 = update.train_step(make(), batch, config=config, temperature=0.7, micro_batches=2,
+                            group_size=Gs)
+  assert np.isfinite(float(m4["loss"])) and float(m4["skipped"]) == 0
   with pytest.raises(ValueError, match="whole groups"):
     update.train_step(make(), batch, config=config, micro_batches=3, group_size=Gs)
+
+
+def test_micro_batches_stride_over_groups_and_stay_sharded():
+  from prompt4trust_jax import sharding
+  B, G, m = 16, 2, 2
+  rows = jnp.arange(B)
+  batch = update.Batch(rows[:, None], rows[:, None], rows[:, None] * 1.0, rows[:, None] * 1.0,
+                       rows * 1.0)
+  split = update.micro_split(batch, m, G)
+  # Slice k holds groups k, k + m, ...: groups (0, 1), (2, 3), ... alternate.
+  np.testing.assert_array_equal(split.tokens_BxL[0, :, 0], [0, 1, 4, 5, 8, 9, 12, 13])
+  np.testing.assert_array_equal(split.tokens_BxL[1, :, 0], [2, 3, 6, 7, 10, 11, 14, 15])
+  # Batch rows split over 8 devices in contiguous blocks (2 rows, one group, each): every
+  # slice takes half the devices' groups, and XLA keeps the slices split over the batch
+  # axes without moving any row.
+  mesh = sharding.make_mesh(data=2, fsdp=4)
+  placed = jax.device_put(batch, sharding.batch_sharding(mesh))
+  out = jax.jit(lambda b: update.micro_split(b, m, G)).lower(placed).compile()
+  spec = out.output_shardings.tokens_BxL.spec
+  assert spec[0] is None and spec[1] is not None, spec

@@ -5,6 +5,7 @@ checkpoint in `params/` instead of safetensors: config.json, tokenizer and
 processor files stay as downloaded, so both kinds load through `from_pretrained`.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from flax import traverse_util
 from prompt4trust_jax import sharding as sharding_lib
 from prompt4trust_jax.models import families
 from prompt4trust_jax.models import hf_weights
+from prompt4trust_jax.models import lora
 
 PARAMS_DIR = "params"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -44,6 +46,21 @@ def abstract_model(family: families.Family, config):
   return nnx.eval_shape(lambda: family.model_cls(config, rngs=nnx.Rngs(0)))
 
 
+def graphdef_in(model: nnx.Module, dtype: str | None) -> nnx.GraphDef | None:
+  """`model`'s graph computing and storing in `dtype` (its parameters then cast to it);
+  None when `dtype` is unset or already the model's."""
+  if not dtype or (dtype == model.config.dtype and dtype == model.config.param_dtype):
+    return None
+  config = dataclasses.replace(model.config, dtype=dtype, param_dtype=dtype)
+  adapters = lora.config_of(model)
+
+  def build():
+    out = type(model)(config, rngs=nnx.Rngs(0))
+    return out if adapters is None else lora.apply(out, adapters, nnx.Rngs(0))
+
+  return nnx.graphdef(nnx.eval_shape(build))
+
+
 def _targets(model: nnx.Module, mesh) -> dict[str, jax.ShapeDtypeStruct]:
   return {path: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                      sharding=sharding_lib.param_sharding(path, x.shape, mesh))
@@ -63,7 +80,7 @@ def from_pretrained(path: str, dtype: str = "float32", param_dtype: str | None =
 
   `dtype` is the compute dtype; parameters are stored in `param_dtype` (default:
   `dtype`). With a `mesh`, each parameter lands directly on its sharding.
-  `config_overrides` set text-model options such as `remat=True`.
+  `config_overrides` set text-model options such as `remat="full"`.
   """
   hf_config = read_config(path)
   family = families.get(hf_config.get("model_type"), os.path.join(path, "config.json"))
@@ -114,7 +131,10 @@ def save(model: nnx.Module, out_dir: str, source_dir: str | None = None) -> None
 
 def export_hf(model: nnx.Module, out_dir: str, source_dir: str | None = None,
               dtype: str | None = None) -> None:
-  """Writes `model` as a hub-layout safetensors directory other stacks can serve."""
+  """Writes `model` as a hub-layout safetensors directory other stacks can serve (LoRA
+  adapters merged into the kernels)."""
+  if lora.has_adapters(model):
+    model = lora.merged(model)
   _write_config_and_assets(model, out_dir, source_dir)
   hf_weights.save(flat_params(model), out_dir, _family_of(model).rules,
                   dtype=None if dtype is None else jnp.dtype(dtype))

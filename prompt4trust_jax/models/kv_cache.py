@@ -17,10 +17,11 @@ class LayerCache:
   Optionally a read-only shared prefix: rows b*C .. b*C + C-1 all attend to prefix row b
   (keys `[Q, K, H, P]`, values `[Q, K, P, H]`, valid slots `[Q, P]`) before their own
   slots. G hints of one question then read the question's cache once per group instead
-  of once per row (`sampling.share`).
+  of once per row (`sampling.share`). With no own slots (`k` None, `prefix_only`), the
+  call's own keys are its new tokens' (a training forward that needs no cache after).
   """
-  k: jax.Array
-  v: jax.Array
+  k: jax.Array | None
+  v: jax.Array | None
   prefix_k: jax.Array | None = None
   prefix_v: jax.Array | None = None
   prefix_valid: jax.Array | None = None
@@ -61,6 +62,17 @@ def shared(cache: tuple[LayerCache, ...], valid_QxP: jax.Array, copies: int,
                              layer.v.dtype),
                  prefix_k=layer.k, prefix_v=layer.v, prefix_valid=valid_QxP.astype(bool))
       for layer in cache)
+
+
+def prefix_only(cache: tuple[LayerCache, ...], valid_QxP: jax.Array) -> tuple[LayerCache, ...]:
+  """`shared` without own slots: the rows attend to the prefix and to one call's tokens.
+
+  What a training forward over completions needs (`update._grouped_hidden`): no per-layer
+  buffers for slots that are written once and never read again, which `shared` would
+  allocate for every layer up front (5 GB at 64 completions of 512 tokens, Qwen2.5-1.5B).
+  """
+  return tuple(LayerCache(k=None, v=None, prefix_k=layer.k, prefix_v=layer.v,
+                          prefix_valid=valid_QxP.astype(bool)) for layer in cache)
 
 
 def extend(cache: tuple[LayerCache, ...], length: int) -> tuple[LayerCache, ...]:

@@ -3,7 +3,7 @@
 Axis legend used in names and einsums across `models/`:
   B batch, T query length, S key length (cache slots), D model width, F MLP width,
   N query heads, K key/value heads, G query heads per kv head (N = K*G), H head dim,
-  V vocabulary, L layers.
+  V vocabulary, L layers, X query blocks of C queries.
 """
 
 import jax
@@ -15,18 +15,90 @@ from prompt4trust_jax.models import kv_cache as kv_cache_lib
 from prompt4trust_jax.models import rope
 
 
+# An attention score tensor or MLP intermediate of one call above this many bytes is made
+# block by block (queries, tokens): a downstream prefill of 64 hints x 608 tokens over a
+# 1,120-token image prefix would otherwise hold 3.2 GB of float32 scores per layer. Exact
+# either way: each query's softmax sees all its keys, each token's MLP is its own.
+BLOCK_BYTES = 256 << 20
+
+
+# Activation checkpointing of a layer: which of its intermediates the backward pass keeps.
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the layer: least memory
+    # Keep the weight matmuls' outputs, recompute the rest (norms, activations, attention
+    # softmax): most of remat's saving at a fraction of its recompute.
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_policy(name: str):
+  """The checkpoint policy of a `remat` setting ("none": None, nothing recomputed)."""
+  if name == "none":
+    return None
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"Unknown remat policy {name!r}; choose 'none' or one of "
+                     f"{sorted(REMAT_POLICIES)}.")
+  return REMAT_POLICIES[name]
+
+
+def remat(fn, name: str):
+  """`fn(module, *args)` (a layer's `__call__`) under the named remat policy; unchanged
+  for "none".
+
+  The module's state goes through `jax.checkpoint` as an explicit argument, so the same
+  model also runs inside a sampler's `while_loop` when it was merged outside it (where
+  `nnx.remat` would update parameters across trace levels and fail).
+  """
+  policy = remat_policy(name)
+  if policy is None:
+    return fn
+
+  def checkpointed(module, *args):
+    graphdef, state = nnx.split(module)
+    pure = lambda state, *args: fn(nnx.merge(graphdef, state), *args)
+    return jax.checkpoint(pure, policy=policy)(state, *args)
+
+  return checkpointed
+
+
+class Linear(nnx.Linear):
+  """`nnx.Linear` that may carry a LoRA adapter (`models.lora`): y = x W + b + s (x A) B.
+
+  Without one (`lora_a` None) it is `nnx.Linear`, same parameters and paths. With one, many
+  tokens go through the low-rank path unmerged (no `[in, out]` weight gradient is formed
+  in the backward), and `effective_kernel` gives W + s A B for a decode loop, which
+  hoists it out of the loop as a loop invariant.
+  """
+  lora_a = lora_b = None  # nnx.LoRAParam [in, r] and [r, out] once `lora.apply` adds them
+  lora_scale = 1.0
+
+  def __call__(self, x):
+    y = super().__call__(x)
+    if self.lora_a is None:
+      return y
+    dtype = self.dtype or x.dtype
+    low_rank = jnp.dot(x.astype(dtype), self.lora_a[...].astype(dtype))
+    return y + jnp.dot(low_rank, self.lora_b[...].astype(dtype)) * self.lora_scale
+
+  def effective_kernel(self) -> jax.Array:
+    kernel = self.kernel[...]
+    if self.lora_a is None:
+      return kernel
+    delta = jnp.dot(self.lora_a[...], self.lora_b[...]) * self.lora_scale
+    return kernel + delta.astype(kernel.dtype)
+
+
 def linear(in_features, out_features, *, use_bias, dtype, param_dtype, rngs):
   # HF initialises linear layers with N(0, 0.02); random demo models then give
   # logits of a sensible scale.
-  return nnx.Linear(in_features, out_features, use_bias=use_bias, dtype=dtype,
-                    param_dtype=param_dtype, kernel_init=nnx.initializers.normal(0.02),
-                    rngs=rngs)
+  return Linear(in_features, out_features, use_bias=use_bias, dtype=dtype,
+                param_dtype=param_dtype, kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
 
 
 def fused_linear(projections, x_MxD: jax.Array) -> jax.Array:
   """`[p(x) for p in projections]` concatenated, computed as one matmul (and bias add)."""
   dtype = projections[0].dtype or x_MxD.dtype
-  kernel_DxF = jnp.concatenate([p.kernel[...] for p in projections], axis=1).astype(dtype)
+  kernel_DxF = jnp.concatenate([p.effective_kernel() for p in projections], axis=1).astype(dtype)
   out_MxF = jnp.dot(x_MxD.astype(dtype), kernel_DxF)
   if projections[0].bias is not None:
     out_MxF = out_MxF + jnp.concatenate([p.bias[...] for p in projections]).astype(dtype)
@@ -58,11 +130,41 @@ class SwiGLU(nnx.Module):
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
     # 2-D matmuls: XLA:CPU's backward of the [B, T, D] form is ~25% slower.
     x_MxD = x_BxTxD.reshape(-1, x_BxTxD.shape[-1])
-    out_MxD = self.down_proj(jax.nn.silu(self.gate_proj(x_MxD)) * self.up_proj(x_MxD))
+    mlp = lambda x: self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+    M, F = x_MxD.shape[0], self.gate_proj.out_features
+    itemsize = jnp.dtype(self.gate_proj.dtype or x_MxD.dtype).itemsize
+    # Each [M, F] intermediate over the budget is made for blocks of tokens in turn (a
+    # prefill of 64 hints x 608 tokens: 0.7 GB each in bfloat16 at F = 8,960).
+    blocks = -(-M * F * itemsize // BLOCK_BYTES)
+    if blocks <= 1:
+      out_MxD = mlp(x_MxD)
+    else:
+      C = -(-M // blocks)
+      x_XxCxD = jnp.pad(x_MxD, ((0, -M % C), (0, 0))).reshape(-1, C, x_MxD.shape[-1])
+      out_MxD = jax.lax.map(mlp, x_XxCxD).reshape(-1, x_MxD.shape[-1])[:M]
     return out_MxD.reshape(x_BxTxD.shape[:-1] + out_MxD.shape[-1:])
 
 
 def attend(q_BxTxNxH, k_BxKxHxS, v_BxKxSxH, mask_BxTxS, prefix=None) -> jax.Array:
+  """Grouped-query softmax attention over T queries, in query blocks when the scores are
+  large (`BLOCK_BYTES`); see `_attend`."""
+  B, T, N, H = q_BxTxNxH.shape
+  S = k_BxKxHxS.shape[-1] + (0 if prefix is None else prefix[2].shape[1])
+  blocks = -(-B * N * T * S * 4 // BLOCK_BYTES)
+  if blocks <= 1 or T == 1:
+    return _attend(q_BxTxNxH, k_BxKxHxS, v_BxKxSxH, mask_BxTxS, prefix)
+  C = -(-T // min(blocks, T))  # queries per block
+  pad = -T % C
+  q_BxTxNxH = jnp.pad(q_BxTxNxH, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  mask_BxTxS = jnp.pad(mask_BxTxS, ((0, 0), (0, pad), (0, 0)))
+  q_XxBxCxNxH = jnp.moveaxis(q_BxTxNxH.reshape(B, -1, C, N, H), 1, 0)
+  mask_XxBxCxS = jnp.moveaxis(mask_BxTxS.reshape(B, -1, C, mask_BxTxS.shape[-1]), 1, 0)
+  out_XxBxCxNxH = jax.lax.map(
+      lambda qm: _attend(qm[0], k_BxKxHxS, v_BxKxSxH, qm[1], prefix), (q_XxBxCxNxH, mask_XxBxCxS))
+  return jnp.moveaxis(out_XxBxCxNxH, 0, 1).reshape(B, T + pad, N, H)[:, :T]
+
+
+def _attend(q_BxTxNxH, k_BxKxHxS, v_BxKxSxH, mask_BxTxS, prefix=None) -> jax.Array:
   """Grouped-query softmax attention; logits and softmax in float32 (as HF does).
 
   Keys come transposed, `[B, K, H, S]`, and values as `[B, K, S, H]`: each kv head's
@@ -145,13 +247,13 @@ class Attention(nnx.Module):
     v_BxTxKxH = v_MxF.reshape(B, T, self.num_kv_heads, self.head_dim)
     q_BxTxNxH = rope.apply(q_BxTxNxH, cos_BxTxH, sin_BxTxH)
     k_BxTxKxH = rope.apply(k_BxTxKxH, cos_BxTxH, sin_BxTxH)
-    prefix = None
-    if cache is not None:
+    if cache is not None and cache.k is not None:
       cache = cache.write(k_BxTxKxH, v_BxTxKxH, cache_index)
       k_BxKxHxS, v_BxKxSxH, prefix = cache.k, cache.v, cache.prefix
-    else:
+    else:  # no cache, or only a shared prefix (`kv_cache.prefix_only`)
       k_BxKxHxS = jnp.transpose(k_BxTxKxH, (0, 2, 3, 1))
       v_BxKxSxH = jnp.swapaxes(v_BxTxKxH, 1, 2)
+      prefix = None if cache is None else cache.prefix
     out_BxTxNxH = attend(q_BxTxNxH, k_BxKxHxS, v_BxKxSxH, mask_BxTxS, prefix)
     out_BxTxD = self.o_proj(out_BxTxNxH.reshape(B * T, self.num_heads * self.head_dim))
     return out_BxTxD.reshape(B, T, D), cache

@@ -31,13 +31,18 @@ class Qwen2Config:
   tie_word_embeddings: bool = False
   qkv_bias: bool = True
   mrope_section: tuple[int, ...] | None = None  # set by the Qwen2-VL family
-  remat: bool = False  # recompute each layer's activations in the backward pass
+  # What each layer keeps for the backward pass (`layers.REMAT_POLICIES`): "none" keeps
+  # every activation, "full" recomputes the layer, "dots" keeps only matmul outputs.
+  remat: str = "none"
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
 
   def __post_init__(self):
     if self.head_dim is None:
       object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+    if isinstance(self.remat, bool):  # remat=True: recompute the whole layer
+      object.__setattr__(self, "remat", "full" if self.remat else "none")
+    layers.remat_policy(self.remat)  # fails early on an unknown name
 
   @classmethod
   def from_hf(cls, hf: dict[str, Any], **overrides) -> "Qwen2Config":
@@ -144,7 +149,7 @@ class Qwen2Decoder(nnx.Module):
                                                 cfg.mrope_section)
     else:
       cos_BxTxH, sin_BxTxH = rope.cos_sin(positions, cfg.head_dim, cfg.rope_theta)
-    call = nnx.remat(DecoderLayer.__call__) if cfg.remat else DecoderLayer.__call__
+    call = layers.remat(DecoderLayer.__call__, cfg.remat)
     new_cache = []
     for i, layer in enumerate(self.layers):
       x_BxTxD, layer_cache = call(layer, x_BxTxD, cos_BxTxH, sin_BxTxH, mask_BxTxS,

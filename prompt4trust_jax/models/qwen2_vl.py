@@ -191,16 +191,15 @@ class Qwen2VLForConditionalGeneration(qwen2.DecoderLM):
     self.model = qwen2.Qwen2Decoder(config.text, rngs=rngs)
     self.lm_head = qwen2._lm_head(config.text, rngs)
 
-  def encode_images(self, pixels_LxK, positions_Lx2, image_L, window_L) -> jax.Array:
-    """Image tokens `[L / merge**2, D]` in order (see `vision.vision_inputs`)."""
-    return self.visual(pixels_LxK, positions_Lx2, image_L, window_L).astype(
-        jnp.dtype(self.text_config.dtype))
+  def encode_images(self, inputs: vision.VisionInputs) -> jax.Array:
+    """Image tokens `[M, D]` in order (see `vision.vision_inputs`)."""
+    return self.visual(inputs).astype(jnp.dtype(self.text_config.dtype))
 
   def multimodal_inputs(self, input_ids_BxT, attention_mask_BxT, pixel_values, image_grid_thw):
     """Host side, before a jitted prefill: `(positions_3xBxT, image_embeds_IxD)`.
 
-    Image tokens are encoded by one jitted call over a bucketed patch count, so new
-    images of similar size do not recompile.
+    Image tokens are encoded by one jitted call over bucketed image and patch counts, so
+    new images of similar size do not recompile.
     """
     positions, _ = rope_positions(input_ids_BxT, attention_mask_BxT, image_grid_thw, self.config)
     if pixel_values is None:
@@ -209,16 +208,9 @@ class Qwen2VLForConditionalGeneration(qwen2.DecoderLM):
     if pixels.ndim != 2 or pixels.shape[1] != self.config.vision.patch_dim:
       raise ValueError(f"pixel_values has shape {pixels.shape}; expected [patches, "
                        f"{self.config.vision.patch_dim}] from the Qwen2-VL image processor.")
-    n_patches = int(np.asarray(image_grid_thw).reshape(-1, 3).prod(-1).sum())
-    if pixels.shape[0] != n_patches:
-      raise ValueError(f"pixel_values has {pixels.shape[0]} patches but image_grid_thw describes "
-                       f"{n_patches}.")
-    length = max(64, 1 << (n_patches - 1).bit_length())
-    pixels = np.concatenate([pixels, np.zeros((length - n_patches, pixels.shape[1]), np.float32)])
-    meta = vision.vision_inputs(image_grid_thw, self.config.vision, length)
+    inputs, merged = vision.vision_inputs(pixels, image_grid_thw, self.config.vision)
     graphdef, state = nnx.split(self)
-    embeds = _encode_images(graphdef, state, pixels, *meta)
-    return positions, embeds[:n_patches // self.config.vision.merge_size**2]
+    return positions, _encode_images(graphdef, state, inputs)[:merged]
 
   def embed(self, tokens_BxT, image_embeds_IxD=None):
     """Token embeddings with image placeholders replaced by image tokens, in order."""
@@ -246,5 +238,5 @@ class Qwen2VLForConditionalGeneration(qwen2.DecoderLM):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _encode_images(graphdef, state, pixels_LxK, positions_Lx2, image_L, window_L):
-  return nnx.merge(graphdef, state).encode_images(pixels_LxK, positions_Lx2, image_L, window_L)
+def _encode_images(graphdef, state, inputs: vision.VisionInputs):
+  return nnx.merge(graphdef, state).encode_images(inputs)

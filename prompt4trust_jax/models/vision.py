@@ -1,22 +1,27 @@
 """The Qwen2-VL and Qwen2.5-VL vision transformers (patch embed, blocks, 2x2 merger).
 
-Images arrive packed: all patches of all images in one `[L, C*tp*p*p]` array (the
-order Qwen's image processor emits: 2x2 merge blocks consecutive). Attention stays
-inside an image (Qwen2-VL) or inside a window of it (Qwen2.5-VL, except the full-
-attention blocks) through segment ids, which is the same as HF's per-segment
-attention: the window permutation HF applies only reorders merge blocks, and the
-merger and RoPE act per token. Host-side metadata comes from `vision_inputs`.
-Axis legend: L patches, W vision width, M merged tokens (L / merge**2), plus
-`layers.py`'s.
+Images arrive one per row, `[I, L, C*tp*p*p]`, each padded to a common L (in the order
+Qwen's image processor emits: 2x2 merge blocks consecutive). Attention stays inside its row,
+so memory is linear in the number of images and quadratic only within one: ~1,000-token
+images packed into one sequence with a block-diagonal mask would need an `[8 x 4096]^2`
+score matrix per head for 8 images (208 GB for the 2B tower), one image at a time ~1 GB.
+Within a row, segment ids say what attends to what: the image's patches (Qwen2-VL, and
+Qwen2.5-VL's full-attention blocks) or a window of them (Qwen2.5-VL's other blocks), the
+same as HF's per-segment attention (the window permutation HF applies only reorders merge
+blocks; the merger and RoPE act per token). `vision_inputs` lays images out on the host.
+Axis legend: I images (frames), L patches per image, W vision width, M merged tokens,
+plus `layers.py`'s.
 """
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from prompt4trust_jax import padding
 from prompt4trust_jax.models import layers
 from prompt4trust_jax.models import rope
 
@@ -39,6 +44,8 @@ class VisionConfig:
   fullatt_block_indexes: tuple[int, ...] = ()
   dtype: str = "float32"
   param_dtype: str = "float32"
+  # Attention kernel (`segment_attention`): "auto" picks the platform's fused one.
+  attention: str = "auto"
 
   @property
   def head_dim(self) -> int:
@@ -57,24 +64,70 @@ def _norm(dim, cfg, rngs):
                        param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
 
 
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "pallas_tpu")
+
+
+def attention_implementation(name: str, dtype) -> str:
+  """The kernel "auto" means here: cuDNN's fused attention on GPU (half precision only),
+  the Pallas flash kernel on TPU, XLA elsewhere (the CPU fallback)."""
+  if name not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f"Unknown vision attention {name!r}; choose from "
+                     f"{ATTENTION_IMPLEMENTATIONS}.")
+  if name != "auto":
+    return name
+  backend = jax.default_backend()
+  if backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+    return "cudnn"
+  return "pallas_tpu" if backend == "tpu" else "xla"
+
+
+def segment_attention(q_IxLxNxH, k_IxLxNxH, v_IxLxNxH, segment_IxL, scale: float,
+                      implementation: str = "xla"):
+  """Softmax attention within each row where query and key segment ids are equal.
+
+  "xla" runs one image at a time (`lax.map`), so its `[N, L, L]` scores exist for one image;
+  the fused kernels never materialise them. Padding (id -1) attends only padding.
+  """
+  if implementation == "pallas_tpu":
+    from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash
+    to_heads = lambda x: jnp.swapaxes(x, 1, 2)  # the kernel's [I, N, L, H]
+    out = tpu_flash.flash_attention(
+        to_heads(q_IxLxNxH), to_heads(k_IxLxNxH), to_heads(v_IxLxNxH),
+        segment_ids=tpu_flash.SegmentIds(segment_IxL, segment_IxL), sm_scale=scale)
+    return to_heads(out)
+  if implementation == "cudnn":
+    mask_Ix1xLxL = (segment_IxL[:, :, None] == segment_IxL[:, None, :])[:, None]
+    return jax.nn.dot_product_attention(q_IxLxNxH, k_IxLxNxH, v_IxLxNxH, mask=mask_Ix1xLxL,
+                                        scale=scale, implementation="cudnn")
+
+  def one(args):
+    q_LxNxH, k_LxNxH, v_LxNxH, segment_L = args
+    mask_LxL = segment_L[:, None] == segment_L[None, :]
+    return jax.nn.dot_product_attention(q_LxNxH[None], k_LxNxH[None], v_LxNxH[None],
+                                        mask=mask_LxL[None, None], scale=scale)[0]
+
+  return jax.lax.map(one, (q_IxLxNxH, k_IxLxNxH, v_IxLxNxH, segment_IxL))
+
+
 class VisionAttention(nnx.Module):
 
   def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs):
     kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
     self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+    self.implementation = attention_implementation(cfg.attention, cfg.dtype)
     self.qkv = layers.linear(cfg.width, 3 * cfg.width, use_bias=True, **kw)
     self.proj = layers.linear(cfg.width, cfg.width, use_bias=True, **kw)
 
-  def __call__(self, x_LxW, cos_LxH, sin_LxH, mask_LxL):
-    L = x_LxW.shape[0]
-    qkv_Lx3xNxH = self.qkv(x_LxW).reshape(L, 3, self.num_heads, self.head_dim)
+  def __call__(self, x_IxLxW, cos_IxLxH, sin_IxLxH, segment_IxL):
+    I, L, W = x_IxLxW.shape
+    qkv = self.qkv(x_IxLxW.reshape(I * L, W)).reshape(I, L, 3, self.num_heads, self.head_dim)
     # HF rotates vision q/k in float32 whatever the compute dtype.
-    q, k, v = (qkv_Lx3xNxH[None, :, i] for i in range(3))
-    q = rope.apply(q.astype(jnp.float32), cos_LxH[None], sin_LxH[None]).astype(v.dtype)
-    k = rope.apply(k.astype(jnp.float32), cos_LxH[None], sin_LxH[None]).astype(v.dtype)
-    out_1xLxNxH = jax.nn.dot_product_attention(q, k, v, mask=mask_LxL[None, None],
-                                               scale=self.head_dim**-0.5)
-    return self.proj(out_1xLxNxH.reshape(L, self.num_heads * self.head_dim))
+    q, k, v = (qkv[:, :, i] for i in range(3))
+    q = rope.apply(q.astype(jnp.float32), cos_IxLxH, sin_IxLxH).astype(v.dtype)
+    k = rope.apply(k.astype(jnp.float32), cos_IxLxH, sin_IxLxH).astype(v.dtype)
+    out_IxLxNxH = segment_attention(q, k, v, segment_IxL, self.head_dim**-0.5,
+                                    self.implementation)
+    return self.proj(out_IxLxNxH.reshape(I * L, W)).reshape(I, L, W)
 
 
 class QuickGeluMLP(nnx.Module):
@@ -102,9 +155,9 @@ class VisionBlock(nnx.Module):
     else:
       self.mlp = QuickGeluMLP(cfg, rngs=rngs)
 
-  def __call__(self, x_LxW, cos_LxH, sin_LxH, mask_LxL):
-    x_LxW = x_LxW + self.attn(self.norm1(x_LxW), cos_LxH, sin_LxH, mask_LxL)
-    return x_LxW + self.mlp(self.norm2(x_LxW))
+  def __call__(self, x_IxLxW, cos_IxLxH, sin_IxLxH, segment_IxL):
+    x_IxLxW = x_IxLxW + self.attn(self.norm1(x_IxLxW), cos_IxLxH, sin_IxLxH, segment_IxL)
+    return x_IxLxW + self.mlp(self.norm2(x_IxLxW))
 
 
 class PatchMerger(nnx.Module):
@@ -118,8 +171,9 @@ class PatchMerger(nnx.Module):
     self.fc1 = layers.linear(cfg.width * self.unit, cfg.width * self.unit, **kw)
     self.fc2 = layers.linear(cfg.width * self.unit, cfg.out_dim, **kw)
 
-  def __call__(self, x_LxW):
-    x_MxU = self.ln_q(x_LxW).reshape(x_LxW.shape[0] // self.unit, -1)
+  def __call__(self, x_IxLxW):
+    I, L, W = x_IxLxW.shape
+    x_MxU = self.ln_q(x_IxLxW).reshape(I * L // self.unit, W * self.unit)
     return self.fc2(jax.nn.gelu(self.fc1(x_MxU), approximate=False))
 
 
@@ -135,60 +189,80 @@ class VisionTransformer(nnx.Module):
     self.blocks = nnx.List([VisionBlock(cfg, rngs=rngs) for _ in range(cfg.depth)])
     self.merger = PatchMerger(cfg, rngs=rngs)
 
-  def __call__(self, pixels_LxK, positions_Lx2, image_L, window_L):
-    """Merged image tokens `[L / merge**2, out_dim]` for packed patches.
-
-    `positions_Lx2` are each patch's (row, column) in its image; `image_L` and
-    `window_L` are segment ids (attention stays inside equal ids; padding uses -1).
-    """
+  def __call__(self, inputs: "VisionInputs") -> jax.Array:
+    """Merged image tokens `[M, out_dim]` in order, M = `len(inputs.index_M)`."""
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     kernel_KxW = self.patch_embed[...].reshape(cfg.patch_dim, cfg.width)
-    x_LxW = jnp.dot(pixels_LxK.astype(dtype), kernel_KxW.astype(dtype))
+    x_IxLxW = jnp.einsum("ilk,kw->ilw", inputs.pixels_IxLxK.astype(dtype), kernel_KxW.astype(dtype))
     inv_freq = rope.inverse_frequencies(cfg.head_dim // 2, cfg.rope_theta)
-    angles_Lx2xh = positions_Lx2.astype(jnp.float32)[..., None] * inv_freq
-    angles_LxH = jnp.tile(angles_Lx2xh.reshape(positions_Lx2.shape[0], -1), 2)
-    cos_LxH, sin_LxH = jnp.cos(angles_LxH), jnp.sin(angles_LxH)
-    full_LxL = image_L[:, None] == image_L[None, :]
-    window_LxL = window_L[:, None] == window_L[None, :]
+    angles_IxLx2xh = inputs.positions_IxLx2.astype(jnp.float32)[..., None] * inv_freq
+    angles_IxLxH = jnp.tile(angles_IxLx2xh.reshape(*angles_IxLx2xh.shape[:2], -1), 2)
+    cos_IxLxH, sin_IxLxH = jnp.cos(angles_IxLxH), jnp.sin(angles_IxLxH)
     for i, block in enumerate(self.blocks):
       use_window = cfg.qwen2_5 and i not in cfg.fullatt_block_indexes
-      x_LxW = block(x_LxW, cos_LxH, sin_LxH, window_LxL if use_window else full_LxL)
-    return self.merger(x_LxW)
+      x_IxLxW = block(x_IxLxW, cos_IxLxH, sin_IxLxH,
+                      inputs.window_IxL if use_window else inputs.image_IxL)
+    return jnp.take(self.merger(x_IxLxW), inputs.index_M, axis=0)
 
 
-def vision_inputs(image_grid_thw: np.ndarray, cfg: VisionConfig, length: int | None = None):
-  """Host-side metadata for packed patches: `(positions_Lx2, image_L, window_L)`.
+class VisionInputs(NamedTuple):
+  """Images laid out one per row for `VisionTransformer` (a pytree; see `vision_inputs`)."""
+  pixels_IxLxK: np.ndarray
+  positions_IxLx2: np.ndarray  # each patch's (row, column) in its image
+  image_IxL: np.ndarray  # 0 for the image's patches, -1 for padding
+  window_IxL: np.ndarray  # the patch's window id (Qwen2.5-VL), -1 for padding
+  index_M: np.ndarray  # where each image's merged tokens are, images in order, then padding
 
-  Frames of a video and separate images are separate attention segments, as in HF.
-  `length` pads to a bucket (padding gets segment -1).
+
+def vision_inputs(pixel_values, image_grid_thw, cfg: VisionConfig,
+                  images: int | None = None, length: int | None = None):
+  """`(VisionInputs, merged token count)` for the processor's packed `pixel_values`.
+
+  Each frame of each image gets its own row (frames and images are separate attention
+  segments, as in HF), padded to `length` patches (default: the largest image's, bucketed
+  as prompts are, at least 64); `images` rows in all (default: the next power of two), so
+  images of similar sizes share one compiled encoder. `index_M` is padded to a power of two.
   """
   m = cfg.merge_size
   window_units = max(cfg.window_size // m // cfg.patch_size, 1)
-  positions, images, windows = [], [], []
-  segment = window_base = 0
+  frames = []  # (first patch, h, w) per frame
+  start = 0
   for t, h, w in np.asarray(image_grid_thw, np.int64).reshape(-1, 3):
     if h % m or w % m:
       raise ValueError(f"image grid {(t, h, w)} is not a multiple of merge size {m}.")
+    for _ in range(t):
+      frames.append((start, h, w))
+      start += h * w
+  pixels = np.asarray(pixel_values, np.float32)
+  if pixels.shape[0] != start:
+    raise ValueError(f"pixel_values has {pixels.shape[0]} patches but image_grid_thw describes "
+                     f"{start}.")
+  longest = int(max(h * w for _, h, w in frames))
+  L = max(64, padding.bucket_length(longest)) if length is None else length
+  I = padding.bucket_batch(len(frames)) if images is None else images
+  if L < longest or I < len(frames) or L % (m * m):
+    raise ValueError(f"{len(frames)} images of up to {longest} patches "
+                     f"do not fit {I} rows of {L} (a multiple of {m * m}).")
+  pixels_IxLxK = np.zeros((I, L, pixels.shape[1]), np.float32)
+  positions_IxLx2 = np.zeros((I, L, 2), np.int32)
+  image_IxL = np.full((I, L), -1, np.int32)
+  window_IxL = np.full((I, L), -1, np.int32)
+  index = []
+  for row, (first, h, w) in enumerate(frames):
+    n = h * w
     # Patch order within an image: merge blocks row-major, 2x2 patches inside each.
     hh, ww = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     block = (h // m, m, w // m, m)
     hpos = hh.reshape(block).transpose(0, 2, 1, 3).reshape(-1)
     wpos = ww.reshape(block).transpose(0, 2, 1, 3).reshape(-1)
-    win_h, win_w = hpos // m // window_units, wpos // m // window_units
     n_win_w = -(-(w // m) // window_units)
-    for _ in range(t):
-      positions.append(np.stack([hpos, wpos], -1))
-      images.append(np.full(h * w, segment))
-      windows.append(window_base + win_h * n_win_w + win_w)
-      segment += 1
-      window_base += (-(-(h // m) // window_units)) * n_win_w
-  positions_Lx2 = np.concatenate(positions).astype(np.int32)
-  image_L = np.concatenate(images).astype(np.int32)
-  window_L = np.concatenate(windows).astype(np.int32)
-  if length is not None and length > len(image_L):
-    pad = length - len(image_L)
-    positions_Lx2 = np.concatenate([positions_Lx2, np.zeros((pad, 2), np.int32)])
-    image_L = np.concatenate([image_L, np.full(pad, -1, np.int32)])
-    window_L = np.concatenate([window_L, np.full(pad, -1, np.int32)])
-  return positions_Lx2, image_L, window_L
+    pixels_IxLxK[row, :n] = pixels[first:first + n]
+    positions_IxLx2[row, :n] = np.stack([hpos, wpos], -1)
+    image_IxL[row, :n] = 0
+    window_IxL[row, :n] = (hpos // m // window_units) * n_win_w + wpos // m // window_units
+    index.append(row * (L // (m * m)) + np.arange(n // (m * m)))
+  index_M = np.concatenate(index).astype(np.int32)
+  merged = len(index_M)
+  index_M = np.concatenate([index_M, np.zeros(padding.bucket_batch(merged) - merged, np.int32)])
+  return VisionInputs(pixels_IxLxK, positions_IxLx2, image_IxL, window_IxL, index_M), merged

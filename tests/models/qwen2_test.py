@@ -97,3 +97,32 @@ def test_presets_have_released_shapes():
   n_params = sum(np.prod(s.shape) for s in jax.tree.leaves(jax.eval_shape(
       lambda: models.flat_params(models.Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(0))))))
   assert 1.50e9 < n_params < 1.56e9  # Qwen2.5-1.5B has 1.54B parameters
+
+
+def test_query_blocked_attention_is_exact(monkeypatch):
+  """Scores over the budget are made block by block (a padded last block too)."""
+  from prompt4trust_jax.models import layers
+  rng = np.random.default_rng(7)
+  B, T, K, G, H, S, Q, P = 4, 7, 2, 3, 8, 9, 2, 5
+  q = jnp.asarray(rng.normal(size=(B, T, K * G, H)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(B, K, H, S)), jnp.float32)
+  v = jnp.asarray(rng.normal(size=(B, K, S, H)), jnp.float32)
+  mask = jnp.asarray(rng.random((B, T, S)) < 0.7)
+  prefix = (jnp.asarray(rng.normal(size=(Q, K, H, P)), jnp.float32),
+            jnp.asarray(rng.normal(size=(Q, K, P, H)), jnp.float32),
+            jnp.asarray(rng.random((Q, P)) < 0.8))
+  whole = layers.attend(q, k, v, mask, prefix)
+  monkeypatch.setattr(layers, "BLOCK_BYTES", B * K * G * 3 * (S + P) * 4)  # 3 queries a block
+  blocked = layers.attend(q, k, v, mask, prefix)
+  np.testing.assert_allclose(blocked, whole, rtol=1e-6, atol=1e-6)
+  assert "scan" in str(jax.make_jaxpr(lambda q: layers.attend(q, k, v, mask, prefix))(q))
+
+
+def test_token_blocked_mlp_is_exact(monkeypatch):
+  from prompt4trust_jax.models import layers
+  mlp = layers.SwiGLU(16, 24, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(8).normal(size=(3, 5, 16)), jnp.float32)
+  whole = mlp(x)
+  monkeypatch.setattr(layers, "BLOCK_BYTES", 4 * 24 * 4)  # 4 of the 15 tokens a block
+  np.testing.assert_allclose(mlp(x), whole, rtol=1e-6, atol=1e-6)
+  assert "scan" in str(jax.make_jaxpr(mlp)(x))

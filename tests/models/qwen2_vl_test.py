@@ -76,11 +76,23 @@ def test_image_token_mismatch_is_named(vl_dir):
 
 def test_vision_windows_cover_each_image(vl_dir):
   config = models.from_pretrained(vl_dir).config
-  _, image_L, window_L = vision.vision_inputs(
-      np.array([[1, 8, 12], [1, 4, 4]]), config.vision, length=140)
-  assert (image_L[:96] == 0).all() and (image_L[96:112] == 1).all() and (image_L[112:] == -1).all()
+  grid = np.array([[1, 8, 12], [1, 4, 4]])
+  pixels = np.arange(112)[:, None] * np.ones((1, config.vision.patch_dim), np.float32)
+  inputs, merged = vision.vision_inputs(pixels, grid, config.vision, images=4, length=128)
+  assert merged == 28 and inputs.pixels_IxLxK.shape == (4, 128, config.vision.patch_dim)
+  # One image per row, its patches first, in the processor's order; the rest is padding.
+  np.testing.assert_array_equal(inputs.pixels_IxLxK[0, :96, 0], np.arange(96))
+  np.testing.assert_array_equal(inputs.pixels_IxLxK[1, :16, 0], np.arange(96, 112))
+  assert (inputs.image_IxL[0, :96] == 0).all() and (inputs.image_IxL[0, 96:] == -1).all()
+  assert (inputs.image_IxL[1, :16] == 0).all() and (inputs.image_IxL[2:] == -1).all()
+  # Merged tokens: image 0's 24 from row 0 (32 merged slots per row), then image 1's 4.
+  np.testing.assert_array_equal(inputs.index_M[:merged],
+                                np.concatenate([np.arange(24), 32 + np.arange(4)]))
   if config.vision.qwen2_5:  # 2x2 merged units per window: 4x6 merged grid -> 6 windows
-    assert len(set(window_L[:96].tolist())) == 6 and len(set(window_L[96:112].tolist())) == 1
+    assert len(set(inputs.window_IxL[0, :96].tolist())) == 6
+    assert len(set(inputs.window_IxL[1, :16].tolist())) == 1
+  with pytest.raises(ValueError, match="do not fit 1 rows of 128"):
+    vision.vision_inputs(pixels, grid, config.vision, images=1, length=128)
 
 
 def test_image_features_match_transformers(vl_dir):
@@ -95,8 +107,9 @@ def test_image_features_match_transformers(vl_dir):
         torch.as_tensor(out["pixel_values"]), torch.as_tensor(out["image_grid_thw"]),
         return_dict=True).pooler_output
   expected = torch.cat(expected).numpy()
-  meta = vision.vision_inputs(out["image_grid_thw"], model.config.vision)
-  ours = np.asarray(model.encode_images(out["pixel_values"], *meta))
+  inputs, merged = vision.vision_inputs(out["pixel_values"], out["image_grid_thw"],
+                                       model.config.vision)
+  ours = np.asarray(model.encode_images(inputs))[:merged]
   assert ours.shape == expected.shape
   assert np.abs(ours - expected).max() / np.abs(expected).max() < 1e-5
 

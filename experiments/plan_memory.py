@@ -1,0 +1,315 @@
+"""Per-device memory and work of one training step, before any hardware is rented.
+
+  python -m experiments.plan_memory --config=configs/pmcvqa.py --config.data.questions_per_step=8
+  python -m experiments.plan_memory --config=configs/pmcvqa.py --fake_devices=8 \
+      --config.mesh.fsdp=8 --config.data.questions_per_step=8
+
+Compiles every program of a training step at the config's real shapes with abstract inputs
+(no weights are read, nothing is allocated) on the devices present; `--fake_devices=N` makes
+N CPU devices so any mesh can be planned on one machine. Model shapes come from the
+checkpoints' config.json when `policy.path` / `downstream.path` are set, else from
+`--policy_shape` / `--downstream_shape` (the paper's models). Prints, per program,
+
+  program=<name> per_device_peak_GB=<x> per_device_tflop=<y> held_GB=<z>
+
+(x: XLA's memory_analysis, arguments + outputs - donated + temporaries; y: cost_analysis,
+loop bodies multiplied by their trip counts; z: state held on the device meanwhile, that
+the program does not take), and last `peak_GB=<max of x + z>`. XLA:CPU's figures
+approximate the GPU and TPU compilers' (BUILD.md says how far).
+"""
+
+import dataclasses
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/pmcvqa.py", "Experiment config.")
+_FAKE_DEVICES = flags.DEFINE_integer("fake_devices", 0, "Plan on this many fake CPU devices "
+                                     "(0: the devices present).")
+_IMAGE_TOKENS = flags.DEFINE_integer("image_tokens", 1024, "Image tokens per image (after the "
+                                     "2x2 merge).")
+_PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", 512, "Policy prompt tokens (padded).")
+_POLICY_SHAPE = flags.DEFINE_string("policy_shape", "qwen2p5_1p5b_instruct",
+                                    "models.<name>() when policy.path is unset.")
+_PROGRAMS = flags.DEFINE_list("programs", [], "Plan only these programs (default: all).")
+_DOWNSTREAM_SHAPE = flags.DEFINE_string("downstream_shape", "qwen2_vl_2b_instruct",
+                                        "models.<name>() when downstream.path is unset.")
+
+GB = 1e9
+# Downstream prompt around the image and the hint (chat turns, question, options,
+# instruction), in tokens: measured on PMC-VQA prompts with the reference preset.
+DOWNSTREAM_TEXT_TOKENS = 192
+
+
+@dataclasses.dataclass
+class Program:
+  name: str
+  peak_bytes: int  # per device: arguments + outputs - aliased + temporaries
+  flops: float  # per device
+  held_bytes: int  # state resident meanwhile that is not among the program's arguments
+  # The compiled program and its abstract arguments (to run it for real at small sizes).
+  compiled: object = dataclasses.field(default=None, repr=False)
+  arguments: tuple = dataclasses.field(default=(), repr=False)
+
+  def line(self) -> str:
+    return (f"program={self.name} per_device_peak_GB={self.peak_bytes / GB:.4g} "
+            f"per_device_tflop={self.flops / 1e12:.4g} held_GB={self.held_bytes / GB:.4g}")
+
+
+def per_device_bytes(tree) -> int:
+  """Bytes one device holds of a pytree of (sharded) ShapeDtypeStructs or arrays."""
+  import jax
+  import numpy as np
+  total = 0
+  for x in jax.tree.leaves(tree):
+    shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) else x.shape
+    total += int(np.prod(shape)) * np.dtype(x.dtype).itemsize
+  return total
+
+
+def _compiled_stats(compiled) -> tuple[int, float]:
+  memory = compiled.memory_analysis()
+  peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+          - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return int(peak), float(cost.get("flops", 0.0))
+
+
+def _flops(compiled) -> float:
+  return _compiled_stats(compiled)[1]
+
+
+def _abstract(tree, shardings):
+  import jax
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
+                      shardings)
+
+
+def _model_config(section, shape: str, vision: bool, **overrides):
+  from prompt4trust_jax import models
+  from prompt4trust_jax.models import checkpoint, families
+  if section.path:
+    hf = checkpoint.read_config(section.path)
+    family = families.get(hf.get("model_type"), os.path.join(section.path, "config.json"))
+    return family.model_cls, family.config_from_hf(hf, **overrides)
+  cls = models.Qwen2VLForConditionalGeneration if vision else models.Qwen2ForCausalLM
+  return cls, getattr(models, shape)(**overrides)
+
+
+PROGRAMS = ("policy_rollout", "vision_encoder", "downstream_answer", "reference_logprobs",
+            "update")
+
+
+def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
+         policy_shape: str = "qwen2p5_1p5b_instruct",
+         downstream_shape: str = "qwen2_vl_2b_instruct",
+         programs: tuple[str, ...] = PROGRAMS) -> list[Program]:
+  """The step's programs (those named in `programs`), compiled on the config's mesh."""
+  unknown = set(programs) - set(PROGRAMS)
+  if unknown:
+    raise ValueError(f"Unknown programs {sorted(unknown)}; choose from {PROGRAMS}.")
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from prompt4trust_jax import grpo, padding, sampling, sharding, train, update
+  from prompt4trust_jax.models import lora, vision
+
+  mesh = sharding.make_mesh(**config.mesh)
+  replicated = sharding.replicated(mesh)
+  batch_sh = sharding.batch_sharding(mesh)
+  Q, G = config.data.questions_per_step, config.sampling.num_generations
+  B, P, N = Q * G, prompt_tokens, config.sampling.max_new_tokens
+  g, p, d = config.grpo, config.policy, config.downstream
+  temperature = config.sampling.temperature
+  key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
+  sds = lambda shape, dtype, sh=replicated: jax.ShapeDtypeStruct(shape, dtype, sharding=sh)
+
+  # The train state: float32 master parameters (or LoRA adapters on a frozen base) and
+  # AdamW moments, sharded by the rules.
+  policy_cls, policy_cfg = _model_config(p, policy_shape, False, dtype=p.dtype,
+                                         param_dtype=p.get("param_dtype") or "float32",
+                                         remat=p.get("remat", "none"))
+  adapters = train.lora_config(p)
+
+  def build(cfg):
+    model = policy_cls(cfg, rngs=nnx.Rngs(0))
+    return model if adapters is None else lora.apply(model, adapters, nnx.Rngs(0))
+
+  tx = update.optimizer(1e-6)
+  state = jax.eval_shape(lambda: update.TrainState.create(build(policy_cfg), tx))
+  state = _abstract(state, update.state_shardings(state, mesh))
+  whole = state.model_state()  # trained and frozen parameters together
+  whole_sh = sharding.tree_shardings(whole, mesh)
+
+  def params_in(dtype):
+    return _abstract(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype)),
+                                  whole), whole_sh)
+
+  def graphdef_in(dtype):
+    cfg = dataclasses.replace(policy_cfg, dtype=dtype, param_dtype=dtype)
+    return nnx.graphdef(nnx.eval_shape(lambda: build(cfg)))
+
+  sampling_dtype = p.get("sampling_dtype") or p.dtype
+  # The KL's reference: a copy (in reference_dtype), or under LoRA the base itself.
+  reference_dtype = p.get("reference_dtype") or "float32"
+  reference = params_in(reference_dtype) if g.beta and adapters is None else None
+  reference_on_device = reference is not None and not p.get("reference_host", False)
+
+  # The downstream, frozen, in its dtype.
+  vl_cls, vl_cfg = _model_config(d, downstream_shape, True, dtype=d.dtype, param_dtype=d.dtype)
+  vl_graphdef, vl_params = nnx.split(nnx.eval_shape(lambda: vl_cls(vl_cfg, rngs=nnx.Rngs(0))))
+  vl_params = _abstract(vl_params, sharding.tree_shardings(vl_params, mesh))
+
+  held = {"train_state": per_device_bytes(state),
+          "reference": per_device_bytes(reference) if reference_on_device else 0,
+          "downstream": per_device_bytes(vl_params)}
+  held_except = lambda *names: sum(v for k, v in held.items() if k not in names)
+
+  def policy_rollout():
+    """Q prompts x G hints of up to N tokens (one compiled call)."""
+    params = sampling.SamplingParams(temperature, config.sampling.top_k, config.sampling.top_p,
+                                     (1,), 0, config.sampling.repetition_penalty)
+    sampler, sampler_graphdef = params_in(sampling_dtype), graphdef_in(sampling_dtype)
+    prompt = sds((Q, P), jnp.int32)
+    rollout = sampling.generate_padded.lower(
+        sampler_graphdef, sampler, prompt, prompt, key, max_new_tokens=N, params=params,
+        copies=G).compile()
+    peak, flops = _compiled_stats(rollout)
+    # cost_analysis counts the decode loop's body once; it runs N - 1 times.
+    flops += (N - 2) * _decode_step_flops(sampler_graphdef, sampler, B, P + N, N, params, key)
+    # Parameters already in the sampling dtype are read from the train state (no copy).
+    shared = per_device_bytes([x for x in jax.tree.leaves(whole)
+                               if x.dtype == jnp.dtype(sampling_dtype)])
+    return Program("policy_rollout", peak, flops, held_except() - shared)
+
+  def vision_encoder():
+    """Q images of image_tokens each (one row each, `vision.vision_inputs`)."""
+    vcfg = vl_cfg.vision
+    L = padding.bucket_length(image_tokens * vcfg.merge_size**2)
+    inputs = vision.VisionInputs(
+        sds((Q, L, vcfg.patch_dim), jnp.float32), sds((Q, L, 2), jnp.int32),
+        sds((Q, L), jnp.int32), sds((Q, L), jnp.int32),
+        sds((padding.bucket_batch(Q * image_tokens),), jnp.int32))
+    encoder = jax.jit(lambda s, x: nnx.merge(vl_graphdef, s).encode_images(x))
+    return Program("vision_encoder", *_compiled_stats(encoder.lower(vl_params, inputs).compile()),
+                   held_except("downstream"))
+
+  def downstream_answer():
+    """Q shared prefixes (image + question), Q x G suffixes (hint + instruction), then up
+    to max_new_tokens decoded (one program here, several calls in a run)."""
+    prefix, suffix = image_tokens + DOWNSTREAM_TEXT_TOKENS // 2, N + DOWNSTREAM_TEXT_TOKENS // 2
+    params = sampling.SamplingParams(d.temperature, d.get("top_k") or 0, d.top_p, (1,), 0,
+                                     d.get("repetition_penalty") or 1.0)
+    M = d.max_new_tokens
+    answer = _downstream_answer(vl_graphdef, G, prefix + suffix + M, M, params).lower(
+        vl_params, sds((Q, prefix), jnp.int32), sds((Q, prefix), jnp.int32),
+        sds((3, Q, prefix), jnp.int32),
+        sds((Q * image_tokens, vl_cfg.text.hidden_size), jnp.dtype(d.dtype)),
+        sds((B, suffix), jnp.int32), sds((B, suffix), jnp.int32), key).compile()
+    peak, flops = _compiled_stats(answer)
+    flops += (M - 2) * _decode_step_flops(vl_graphdef, vl_params, B, prefix + suffix + M, M,
+                                          params, key)
+    return Program("downstream_answer", peak, flops, held_except("downstream"))
+
+  tokens = sds((B, P + N), jnp.int32, batch_sh)
+
+  def reference_logprobs():
+    """[B, P + N] under the frozen reference, once per rollout."""
+    if reference is None:  # LoRA: the train state's base, adapters off
+      ref_graphdef, ref_params = state.graphdef, whole
+    else:
+      ref_graphdef, ref_params = graphdef_in(reference_dtype), reference
+    forward = lambda chunk: update.reference_logprobs.lower(
+        ref_graphdef, ref_params, tokens, tokens, N, temperature, G, chunk).compile()
+    # Work from the unchunked program: its one-chunk loop is counted exactly.
+    peak = _compiled_stats(forward(g.get("logprob_chunk")))[0]
+    if reference is None:
+      peak -= per_device_bytes(whole)  # its arguments are the train state's own buffers
+    return Program("reference_logprobs", peak, _flops(forward(None)), held_except("reference"))
+
+  def update_step():
+    """One optimizer step on the rollout's B completions."""
+    loss = grpo.LossConfig(beta=g.beta, max_completion_length=N)
+    batch = update.Batch(tokens, tokens, sds((B, N), jnp.float32, batch_sh),
+                         sds((B, N), jnp.float32, batch_sh), sds((B,), jnp.float32, batch_sh),
+                         sds((B, N), jnp.float32, batch_sh) if g.beta else None)
+    step = lambda micro_batches, chunk: update.jit_train_step(
+        state, mesh, config=loss, temperature=temperature, micro_batches=micro_batches,
+        group_size=G, logprob_chunk=chunk)
+    compiled = step(g.micro_batches, g.get("logprob_chunk")).lower(state, batch).compile()
+    peak = _compiled_stats(compiled)[0]
+    # Work: one micro-batch without loops (exact counts), times the micro-batches.
+    micro = jax.tree.map(lambda x: sds((x.shape[0] // g.micro_batches, *x.shape[1:]), x.dtype,
+                                       batch_sh), batch)
+    flops = _flops(step(1, None).lower(state, micro).compile()) * g.micro_batches
+    return Program("update", peak, flops, held_except("train_state"), compiled, (state, batch))
+
+  builders = dict(policy_rollout=policy_rollout, vision_encoder=vision_encoder,
+                  downstream_answer=downstream_answer, reference_logprobs=reference_logprobs,
+                  update=update_step)
+  if not g.beta:
+    builders.pop("reference_logprobs")
+  return [build() for name, build in builders.items() if name in programs]
+
+
+def _decode_step_flops(graphdef, params, B, cache_length, max_new_tokens, sampling_params, key):
+  """Work of one decode step (a one-step `decode_chunk` at the full cache size)."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from prompt4trust_jax import sampling
+  model = nnx.eval_shape(lambda: nnx.merge(graphdef, params))
+  state = jax.eval_shape(lambda: sampling.init_state(
+      model, B, cache_length, max_new_tokens, track_seen=sampling_params.penalized))
+  head = jax.ShapeDtypeStruct((model.text_config.hidden_size, model.text_config.vocab_size),
+                              jnp.dtype(model.text_config.dtype))
+  return _flops(sampling.decode_chunk.lower(graphdef, params, head, state, key, steps=1,
+                                            params=sampling_params).compile())
+
+
+def _downstream_answer(graphdef, G, cache_length, max_new_tokens, params):
+  """Prefill of shared prefixes and per-hint suffixes, then the decode loop, as one program."""
+  import jax
+  from flax import nnx
+
+  from prompt4trust_jax import downstream, head_layout, sampling
+
+  def answer(weights, tokens, mask, positions, image_embeds, suffix_tokens, suffix_mask, rng):
+    model = nnx.merge(graphdef, weights)
+    head = head_layout.decode_head(model)
+    s = downstream._prefill_and_emit(
+        graphdef, weights, head, tokens, mask, positions, image_embeds, suffix_tokens,
+        suffix_mask, rng, None, copies=G, cache_length=cache_length,
+        max_new_tokens=max_new_tokens, params=params)
+    s = sampling.decode(model, s, rng, params, head, max_new_tokens - 1)
+    return s.tokens_BxN, s.lengths_B
+
+  return jax.jit(answer)
+
+
+def main(argv):
+  del argv
+  # Set before the first device is touched. XLA:CPU's default scheduler trades memory for
+  # parallelism; its memory-minimising one orders buffers as the GPU and TPU compilers'
+  # memory-aware schedulers do, so the peaks approximate theirs.
+  xla_flags = [os.environ.get("XLA_FLAGS", ""),
+               "--xla_cpu_enable_concurrency_optimized_scheduler=false"]
+  if _FAKE_DEVICES.value:
+    xla_flags.append(f"--xla_force_host_platform_device_count={_FAKE_DEVICES.value}")
+    os.environ["JAX_PLATFORMS"] = "cpu"
+  os.environ["XLA_FLAGS"] = " ".join(xla_flags).strip()
+  programs = plan(_CONFIG.value, _IMAGE_TOKENS.value, _PROMPT_TOKENS.value, _POLICY_SHAPE.value,
+                  _DOWNSTREAM_SHAPE.value, tuple(_PROGRAMS.value) or PROGRAMS)
+  for program in programs:
+    print(program.line())
+  print(f"peak_GB={max(p.peak_bytes + p.held_bytes for p in programs) / GB:.2f}")
+  sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  app.run(main)
