@@ -12,8 +12,8 @@ checkpoints' config.json when `policy.path` / `downstream.path` are set, else fr
 
   program=<name> per_device_peak_GB=<x> per_device_tflop=<y> held_GB=<z>
 
-(x: XLA's memory_analysis, arguments + outputs - donated + temporaries; y: cost_analysis,
-loop bodies multiplied by their trip counts; z: state held on the device meanwhile, that
+(x: XLA's memory_analysis, arguments + outputs - donated + temporaries; y: cost_analysis of
+programs without their loops (XLA counts a loop body once), scaled by the trip counts; z: state held on the device meanwhile, that
 the program does not take), and last `peak_GB=<max of x + z>`. XLA:CPU's figures
 approximate the GPU and TPU compilers' (BUILD.md says how far).
 """
@@ -190,13 +190,15 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
     """Q images of image_tokens each (one row each, `vision.vision_inputs`)."""
     vcfg = vl_cfg.vision
     L = padding.bucket_length(image_tokens * vcfg.merge_size**2)
-    inputs = vision.VisionInputs(
-        sds((Q, L, vcfg.patch_dim), jnp.float32), sds((Q, L, 2), jnp.int32),
-        sds((Q, L), jnp.int32), sds((Q, L), jnp.int32),
-        sds((padding.bucket_batch(Q * image_tokens),), jnp.int32))
+    inputs = lambda I: vision.VisionInputs(
+        sds((I, L, vcfg.patch_dim), jnp.float32), sds((I, L, 2), jnp.int32),
+        sds((I, L), jnp.int32), sds((I, L), jnp.int32),
+        sds((padding.bucket_batch(I * image_tokens),), jnp.int32))
     encoder = jax.jit(lambda s, x: nnx.merge(vl_graphdef, s).encode_images(x))
-    return Program("vision_encoder", *_compiled_stats(encoder.lower(vl_params, inputs).compile()),
-                   held_except("downstream"))
+    peak = _compiled_stats(encoder.lower(vl_params, inputs(Q)).compile())[0]
+    # Work: one image (XLA's attention loops over the images), times Q.
+    flops = _flops(encoder.lower(vl_params, inputs(1)).compile()) * Q
+    return Program("vision_encoder", peak, flops, held_except("downstream"))
 
   def downstream_answer():
     """Q shared prefixes (image + question), Q x G suffixes (hint + instruction), then up
@@ -205,12 +207,13 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
     params = sampling.SamplingParams(d.temperature, d.get("top_k") or 0, d.top_p, (1,), 0,
                                      d.get("repetition_penalty") or 1.0)
     M = d.max_new_tokens
-    answer = _downstream_answer(vl_graphdef, G, prefix + suffix + M, M, params).lower(
+    answer = lambda: _downstream_answer(vl_graphdef, G, prefix + suffix + M, M, params).lower(
         vl_params, sds((Q, prefix), jnp.int32), sds((Q, prefix), jnp.int32),
         sds((3, Q, prefix), jnp.int32),
         sds((Q * image_tokens, vl_cfg.text.hidden_size), jnp.dtype(d.dtype)),
         sds((B, suffix), jnp.int32), sds((B, suffix), jnp.int32), key).compile()
-    peak, flops = _compiled_stats(answer)
+    peak = _compiled_stats(answer())[0]
+    flops = _unblocked_flops(answer)  # without the prefill's block loops
     flops += (M - 2) * _decode_step_flops(vl_graphdef, vl_params, B, prefix + suffix + M, M,
                                           params, key)
     return Program("downstream_answer", peak, flops, held_except("downstream"))
@@ -225,11 +228,11 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
       ref_graphdef, ref_params = graphdef_in(reference_dtype), reference
     forward = lambda chunk: update.reference_logprobs.lower(
         ref_graphdef, ref_params, tokens, tokens, N, temperature, G, chunk).compile()
-    # Work from the unchunked program: its one-chunk loop is counted exactly.
     peak = _compiled_stats(forward(g.get("logprob_chunk")))[0]
     if reference is None:
       peak -= per_device_bytes(whole)  # its arguments are the train state's own buffers
-    return Program("reference_logprobs", peak, _flops(forward(None)), held_except("reference"))
+    flops = _unblocked_flops(lambda: forward(None))  # a program without loops
+    return Program("reference_logprobs", peak, flops, held_except("reference"))
 
   def update_step():
     """One optimizer step on the rollout's B completions."""
@@ -245,7 +248,8 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
     # Work: one micro-batch without loops (exact counts), times the micro-batches.
     micro = jax.tree.map(lambda x: sds((x.shape[0] // g.micro_batches, *x.shape[1:]), x.dtype,
                                        batch_sh), batch)
-    flops = _flops(step(1, None).lower(state, micro).compile()) * g.micro_batches
+    flops = _unblocked_flops(lambda: step(1, None).lower(state, micro).compile())
+    flops *= g.micro_batches
     return Program("update", peak, flops, held_except("train_state"), compiled, (state, batch))
 
   builders = dict(policy_rollout=policy_rollout, vision_encoder=vision_encoder,
@@ -254,6 +258,23 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
   if not g.beta:
     builders.pop("reference_logprobs")
   return [build() for name, build in builders.items() if name in programs]
+
+
+def _unblocked_flops(compile_fn) -> float:
+  """Work of `compile_fn()`'s program traced without attention/MLP blocks (`layers.unblocked`).
+
+  Traces are cached per function and arguments, also for jitted functions called inside
+  others, so the caches are cleared around it: neither the blocked nor the unblocked
+  trace leaks into the other's programs.
+  """
+  import jax
+
+  from prompt4trust_jax.models import layers
+  jax.clear_caches()
+  with layers.unblocked():
+    flops = _flops(compile_fn())
+  jax.clear_caches()
+  return flops
 
 
 def _decode_step_flops(graphdef, params, B, cache_length, max_new_tokens, sampling_params, key):

@@ -6,6 +6,8 @@ Axis legend used in names and einsums across `models/`:
   V vocabulary, L layers, X query blocks of C queries.
 """
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +22,18 @@ from prompt4trust_jax.models import rope
 # 1,120-token image prefix would otherwise hold 3.2 GB of float32 scores per layer. Exact
 # either way: each query's softmax sees all its keys, each token's MLP is its own.
 BLOCK_BYTES = 256 << 20
+
+
+@contextlib.contextmanager
+def unblocked():
+  """Traces attention and MLPs whole (no blocks) inside the block. For counting work: XLA's
+  cost analysis counts a loop's body once (`experiments.plan_memory`)."""
+  global BLOCK_BYTES
+  saved, BLOCK_BYTES = BLOCK_BYTES, float("inf")
+  try:
+    yield
+  finally:
+    BLOCK_BYTES = saved
 
 
 # Activation checkpointing of a layer: which of its intermediates the backward pass keeps.
