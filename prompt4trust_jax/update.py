@@ -74,7 +74,7 @@ def completion_logprobs(model, tokens_BxL, attention_mask_BxL, completion_length
   (`logprobs.from_hidden`; None: all B x N at once). With
   `group_size` G > 1, rows g*G .. g*G + G-1 must share their prompt (the first L - N
   tokens and mask, as a GRPO rollout's G completions do): each prompt then runs once
-  and its G completions attend to its keys/values as a shared prefix (`kv_cache.shared`)
+  and its G completions attend to its keys/values as a shared prefix (`kv_cache.prefix_only`)
   instead of recomputing it G times. Same values, up to float rounding.
   """
   L = tokens_BxL.shape[1]
