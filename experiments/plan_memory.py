@@ -115,7 +115,7 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
   import jax.numpy as jnp
   from flax import nnx
 
-  from prompt4trust_jax import grpo, padding, sampling, sharding, train, update
+  from prompt4trust_jax import grpo, models, padding, sampling, sharding, train, update
   from prompt4trust_jax.models import lora, vision
 
   mesh = sharding.make_mesh(**config.mesh)
@@ -149,9 +149,11 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
     return _abstract(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype)),
                                   whole), whole_sh)
 
+  abstract_policy = nnx.eval_shape(lambda: build(policy_cfg))
+
   def graphdef_in(dtype):
-    cfg = dataclasses.replace(policy_cfg, dtype=dtype, param_dtype=dtype)
-    return nnx.graphdef(nnx.eval_shape(lambda: build(cfg)))
+    """The policy's graph computing in `dtype`, as the training loop builds it."""
+    return models.graphdef_in(abstract_policy, dtype) or state.graphdef
 
   sampling_dtype = p.get("sampling_dtype") or p.dtype
   # The KL's reference: a copy (in reference_dtype), or under LoRA the base itself.
