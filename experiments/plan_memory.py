@@ -78,6 +78,37 @@ def _compiled_stats(compiled) -> tuple[int, float]:
   return int(peak), float(cost.get("flops", 0.0))
 
 
+# XLA:CPU has no half-precision matmul: it widens bfloat16 dots' operands and results to
+# float32 (`float-normalization-bf16`), and float16 ones likewise (`change-op-data-type`),
+# which would double every half-precision activation in the plan. GPUs and TPUs multiply
+# bfloat16 natively, so on CPU the planner compiles bfloat16 programs in float16 (the same
+# bytes) with that widening pass off: the dots stay half precision, as theirs do.
+_CPU_HALF = "float16"
+_CPU_OPTIONS = {"xla_disable_hlo_passes": "change-op-data-type"}
+
+
+def _on_cpu() -> bool:
+  import jax
+  return jax.default_backend() == "cpu"
+
+
+def _compile(lowered):
+  return lowered.compile(compiler_options=_CPU_OPTIONS if _on_cpu() else None)
+
+
+def _half_precision_as_on_accelerators(config):
+  """`config`, on CPU with every bfloat16 model dtype as float16 (see `_CPU_HALF`)."""
+  import copy
+  if not _on_cpu():
+    return config
+  config = copy.deepcopy(config)
+  for section in (config.policy, config.downstream):
+    for field in list(section):
+      if field.endswith("dtype") and section[field] == "bfloat16":
+        section[field] = _CPU_HALF
+  return config
+
+
 def _flops(compiled) -> float:
   return _compiled_stats(compiled)[1]
 
@@ -118,6 +149,7 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
   from prompt4trust_jax import grpo, models, padding, sampling, sharding, train, update
   from prompt4trust_jax.models import lora, vision
 
+  config = _half_precision_as_on_accelerators(config)
   mesh = sharding.make_mesh(**config.mesh)
   replicated = sharding.replicated(mesh)
   batch_sh = sharding.batch_sharding(mesh)
@@ -177,9 +209,9 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
                                      (1,), 0, config.sampling.repetition_penalty)
     sampler, sampler_graphdef = params_in(sampling_dtype), graphdef_in(sampling_dtype)
     prompt = sds((Q, P), jnp.int32)
-    rollout = sampling.generate_padded.lower(
+    rollout = _compile(sampling.generate_padded.lower(
         sampler_graphdef, sampler, prompt, prompt, key, max_new_tokens=N, params=params,
-        copies=G).compile()
+        copies=G))
     peak, flops = _compiled_stats(rollout)
     # cost_analysis counts the decode loop's body once; it runs N - 1 times.
     flops += (N - 2) * _decode_step_flops(sampler_graphdef, sampler, B, P + N, N, params, key)
@@ -197,9 +229,9 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
         sds((I, L), jnp.int32), sds((I, L), jnp.int32),
         sds((padding.bucket_batch(I * image_tokens),), jnp.int32))
     encoder = jax.jit(lambda s, x: nnx.merge(vl_graphdef, s).encode_images(x))
-    peak = _compiled_stats(encoder.lower(vl_params, inputs(Q)).compile())[0]
-    # Work: one image (XLA's attention loops over the images), times Q.
-    flops = _flops(encoder.lower(vl_params, inputs(1)).compile()) * Q
+    peak = _compiled_stats(_compile(encoder.lower(vl_params, inputs(Q))))[0]
+    # Work: one image (XLA's attention loops over the images), without query blocks, times Q.
+    flops = _unblocked_flops(lambda: _compile(encoder.lower(vl_params, inputs(1)))) * Q
     return Program("vision_encoder", peak, flops, held_except("downstream"))
 
   def downstream_answer():
@@ -209,11 +241,12 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
     params = sampling.SamplingParams(d.temperature, d.get("top_k") or 0, d.top_p, (1,), 0,
                                      d.get("repetition_penalty") or 1.0)
     M = d.max_new_tokens
-    answer = lambda: _downstream_answer(vl_graphdef, G, prefix + suffix + M, M, params).lower(
+    program = _downstream_answer(vl_graphdef, G, prefix + suffix + M, M, params)
+    answer = lambda: _compile(program.lower(
         vl_params, sds((Q, prefix), jnp.int32), sds((Q, prefix), jnp.int32),
         sds((3, Q, prefix), jnp.int32),
         sds((Q * image_tokens, vl_cfg.text.hidden_size), jnp.dtype(d.dtype)),
-        sds((B, suffix), jnp.int32), sds((B, suffix), jnp.int32), key).compile()
+        sds((B, suffix), jnp.int32), sds((B, suffix), jnp.int32), key))
     peak = _compiled_stats(answer())[0]
     flops = _unblocked_flops(answer)  # without the prefill's block loops
     flops += (M - 2) * _decode_step_flops(vl_graphdef, vl_params, B, prefix + suffix + M, M,
@@ -228,8 +261,8 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
       ref_graphdef, ref_params = state.graphdef, whole
     else:
       ref_graphdef, ref_params = graphdef_in(reference_dtype), reference
-    forward = lambda chunk: update.reference_logprobs.lower(
-        ref_graphdef, ref_params, tokens, tokens, N, temperature, G, chunk).compile()
+    forward = lambda chunk: _compile(update.reference_logprobs.lower(
+        ref_graphdef, ref_params, tokens, tokens, N, temperature, G, chunk))
     peak = _compiled_stats(forward(g.get("logprob_chunk")))[0]
     if reference is None:
       peak -= per_device_bytes(whole)  # its arguments are the train state's own buffers
@@ -245,12 +278,12 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
     step = lambda micro_batches, chunk: update.jit_train_step(
         state, mesh, config=loss, temperature=temperature, micro_batches=micro_batches,
         group_size=G, logprob_chunk=chunk)
-    compiled = step(g.micro_batches, g.get("logprob_chunk")).lower(state, batch).compile()
+    compiled = _compile(step(g.micro_batches, g.get("logprob_chunk")).lower(state, batch))
     peak = _compiled_stats(compiled)[0]
     # Work: one micro-batch without loops (exact counts), times the micro-batches.
     micro = jax.tree.map(lambda x: sds((x.shape[0] // g.micro_batches, *x.shape[1:]), x.dtype,
                                        batch_sh), batch)
-    flops = _unblocked_flops(lambda: step(1, None).lower(state, micro).compile())
+    flops = _unblocked_flops(lambda: _compile(step(1, None).lower(state, micro)))
     flops *= g.micro_batches
     return Program("update", peak, flops, held_except("train_state"), compiled, (state, batch))
 
@@ -291,8 +324,8 @@ def _decode_step_flops(graphdef, params, B, cache_length, max_new_tokens, sampli
       model, B, cache_length, max_new_tokens, track_seen=sampling_params.penalized))
   head = jax.ShapeDtypeStruct((model.text_config.hidden_size, model.text_config.vocab_size),
                               jnp.dtype(model.text_config.dtype))
-  return _flops(sampling.decode_chunk.lower(graphdef, params, head, state, key, steps=1,
-                                            params=sampling_params).compile())
+  return _flops(_compile(sampling.decode_chunk.lower(graphdef, params, head, state, key,
+                                                     steps=1, params=sampling_params)))
 
 
 def _downstream_answer(graphdef, G, cache_length, max_new_tokens, params):

@@ -120,21 +120,40 @@ def _chunk_logits(h_BxCxD, head_DxV):
 
 @jax.custom_vjp
 def _chunked(h_KxBxCxD, head_DxV, targets_KxBxC):
-  return _chunked_fwd(h_KxBxCxD, head_DxV, targets_KxBxC)[0]
+  return _chunked_stats(h_KxBxCxD, head_DxV, targets_KxBxC)[:2]
 
 
-def _chunked_fwd(h_KxBxCxD, head_DxV, targets_KxBxC):
+def _chunked_stats(h_KxBxCxD, head_DxV, targets_KxBxC):
   def one(args):
     h_BxCxD, targets_BxC = args
     return _stats(_chunk_logits(h_BxCxD, head_DxV), targets_BxC)
 
-  logp_KxBxC, entropy_KxBxC, lse_KxBxC = jax.lax.map(one, (h_KxBxCxD, targets_KxBxC))
+  return jax.lax.map(one, (h_KxBxCxD, targets_KxBxC))
+
+
+def _chunked_fwd(h, head, targets):
+  # Symbolic zeros (`defvjp` below): each argument comes with whether it is differentiated.
+  # A frozen head (LoRA, or a model whose head is not trained) then costs the backward no
+  # [D, V] float32 accumulator and no third of its matmuls.
+  h_KxBxCxD, head_DxV, targets_KxBxC = h.value, head.value, targets.value
+  logp_KxBxC, entropy_KxBxC, lse_KxBxC = _chunked_stats(h_KxBxCxD, head_DxV, targets_KxBxC)
   residuals = (h_KxBxCxD, head_DxV, targets_KxBxC, lse_KxBxC, entropy_KxBxC)
-  return (logp_KxBxC, entropy_KxBxC), residuals
+  # Residuals hold arrays only, so whether the head is trained travels as pytree
+  # structure: () when it is, None when not.
+  return (logp_KxBxC, entropy_KxBxC), (residuals, () if head.perturbed else None)
 
 
-def _chunked_bwd(residuals, cotangents):
-  h_KxBxCxD, head_DxV, targets_KxBxC, lse_KxBxC, entropy_KxBxC = residuals
+def _dense_cotangent(g, like):
+  """A cotangent that may be a symbolic zero (its output unused), as an array."""
+  if isinstance(g, jax.custom_derivatives.SymbolicZero):
+    return jnp.zeros(like.shape, like.dtype)
+  return g
+
+
+def _chunked_bwd(residuals_and_head, cotangents):
+  (h_KxBxCxD, head_DxV, targets_KxBxC, lse_KxBxC, entropy_KxBxC), train_head = residuals_and_head
+  train_head = train_head is not None
+  g_logp_KxBxC, g_entropy_KxBxC = (_dense_cotangent(g, lse_KxBxC) for g in cotangents)
   dtype = h_KxBxCxD.dtype
 
   def one(dhead_DxV, args):
@@ -142,14 +161,17 @@ def _chunked_bwd(residuals, cotangents):
     dz_BxCxV = _dz(_chunk_logits(h_BxCxD, head_DxV), targets_BxC, lse_BxC, entropy_BxC,
                    g_logp_BxC, g_entropy_BxC).astype(dtype)
     dh_BxCxD = jnp.einsum("bcv,dv->bcd", dz_BxCxV, head_DxV, preferred_element_type=jnp.float32)
-    dhead_DxV = dhead_DxV + jnp.einsum("bcd,bcv->dv", h_BxCxD, dz_BxCxV,
-                                       preferred_element_type=jnp.float32)
+    if train_head:
+      dhead_DxV = dhead_DxV + jnp.einsum("bcd,bcv->dv", h_BxCxD, dz_BxCxV,
+                                         preferred_element_type=jnp.float32)
     return dhead_DxV, dh_BxCxD.astype(dtype)
 
+  dhead_DxV = jnp.zeros(head_DxV.shape if train_head else (), jnp.float32)
   dhead_DxV, dh_KxBxCxD = jax.lax.scan(
-      one, jnp.zeros(head_DxV.shape, jnp.float32),
-      (h_KxBxCxD, targets_KxBxC, lse_KxBxC, entropy_KxBxC, *cotangents))
-  return dh_KxBxCxD, dhead_DxV.astype(head_DxV.dtype), _float0(targets_KxBxC)
+      one, dhead_DxV,
+      (h_KxBxCxD, targets_KxBxC, lse_KxBxC, entropy_KxBxC, g_logp_KxBxC, g_entropy_KxBxC))
+  dhead_DxV = dhead_DxV.astype(head_DxV.dtype) if train_head else None
+  return dh_KxBxCxD, dhead_DxV, _float0(targets_KxBxC)
 
 
-_chunked.defvjp(_chunked_fwd, _chunked_bwd)
+_chunked.defvjp(_chunked_fwd, _chunked_bwd, symbolic_zeros=True)

@@ -5,9 +5,15 @@ so loading them exercises exactly the layout users download.
 """
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
+# One persistent compilation cache for the suite, shared by both xdist workers and by the
+# launcher subprocesses some tests start (they inherit the environment): a program one of
+# them compiled is loaded by the others. Entries are keyed by program, flags and devices.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"prompt4trust_jax_test_cache_{os.getuid()}"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 

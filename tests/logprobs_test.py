@@ -105,3 +105,22 @@ def test_chunked_gradient_never_holds_the_whole_logits():
       jnp.einsum("bnd,dv->bnv", h, head), t))
   assert dense >= full, dense
   assert chunked < full / 4, (chunked, full)
+
+
+def test_chunked_frozen_head_and_unused_entropy_cost_no_head_gradient():
+  # Differentiating in h alone (a frozen head: LoRA) gives the same dh, and the backward
+  # holds no [D, V] float32 accumulator; an unused entropy is a symbolic-zero cotangent.
+  h, head, targets, w_logp, _ = _hidden_case()
+  f = lambda h, head: (w_logp * logprobs.from_hidden(h, head, targets, 3)[0]).sum()
+  dh_both, _ = jax.grad(f, (0, 1))(h, head)
+  np.testing.assert_allclose(jax.grad(f)(h, head), dh_both, rtol=1e-6, atol=1e-7)
+
+  B, N, D, V = 2, 64, 256, 32768  # a [D, V] float32 copy: 32 MiB; a chunk's logits: 2 MiB
+  shapes = [jax.ShapeDtypeStruct(s, d) for s, d in
+            (((B, N, D), jnp.float32), ((D, V), jnp.float32), ((B, N), jnp.int32))]
+  temp_bytes = lambda argnums: jax.jit(jax.grad(
+      lambda h, head, t: logprobs.from_hidden(h, head, t, 8)[0].sum(), argnums)).lower(
+          *shapes).compile().memory_analysis().temp_size_in_bytes
+  head_bytes = D * V * 4
+  assert temp_bytes((0, 1)) >= head_bytes, temp_bytes((0, 1))
+  assert temp_bytes(0) < head_bytes / 4, temp_bytes(0)

@@ -57,3 +57,27 @@ def test_planner_lines_and_peak_match_a_real_allocation(tmp_path):
   ratio = result["measured"] / result["planned"]
   assert 0.8 < ratio < 1.25, result
   print(result)
+
+
+def test_half_precision_is_planned_at_half_width_as_on_accelerators():
+  # XLA:CPU widens bfloat16 matmuls to float32, so a plan of a half-precision MLP would hold
+  # float32 intermediates no GPU or TPU holds. The planner compiles bfloat16 as float16 with
+  # that widening off: the [M, F] intermediate is half width again.
+  import jax
+  import jax.numpy as jnp
+  from configs import pmcvqa
+  from experiments import plan_memory
+  M, D, F = 512, 64, 2048
+  mlp = jax.jit(lambda x, w, w2: jnp.dot(jax.nn.silu(jnp.dot(x, w)), w2))
+  shapes = lambda dtype: [jax.ShapeDtypeStruct(s, dtype) for s in ((M, D), (D, F), (F, D))]
+  temp = lambda compiled: compiled.memory_analysis().temp_size_in_bytes
+  assert temp(mlp.lower(*shapes(jnp.bfloat16)).compile()) >= M * F * 4
+  assert temp(plan_memory._compile(mlp.lower(*shapes(jnp.float16)))) <= M * F * 2
+
+  config = pmcvqa.get_config("lora")
+  planned = plan_memory._half_precision_as_on_accelerators(config)
+  assert (planned.policy.dtype, planned.policy.param_dtype, planned.downstream.dtype) == (
+      "float16", "float16", "float16")
+  assert planned.policy.sampling_dtype == "float16" and config.policy.dtype == "bfloat16"
+  full = plan_memory._half_precision_as_on_accelerators(pmcvqa.get_config())
+  assert full.policy.dtype == "float32"  # full precision stays as it is

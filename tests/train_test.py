@@ -67,7 +67,12 @@ def test_sigkill_and_restart_matches_an_uninterrupted_run(tmp_path):
   args = [sys.executable, "-m", "experiments.train", "--config=configs/demo.py",
           "--config.train.rollouts=3", "--config.train.checkpoint_every=1",
           "--config.sampling.max_new_tokens=12"]
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  # The three runs share a persistent compilation cache: the restart and the straight run
+  # load the programs the first run compiled (as a preempted job's restart would).
+  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu",
+         "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
   killed = str(tmp_path / "killed")
   proc = subprocess.Popen(args + [f"--workdir={killed}"], cwd=root, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -142,31 +142,40 @@ class SwiGLU(nnx.Module):
     self.down_proj = linear(hidden, dim, **kw)
 
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-    # 2-D matmuls: XLA:CPU's backward of the [B, T, D] form is ~25% slower.
-    x_MxD = x_BxTxD.reshape(-1, x_BxTxD.shape[-1])
-    mlp = lambda x: self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
-    M, F = x_MxD.shape[0], self.gate_proj.out_features
-    itemsize = jnp.dtype(self.gate_proj.dtype or x_MxD.dtype).itemsize
-    # Each [M, F] intermediate over the budget is made for blocks of tokens in turn (a
-    # prefill of 64 hints x 608 tokens: 0.7 GB each in bfloat16 at F = 8,960).
-    blocks = -(-M * F * itemsize // BLOCK_BYTES)
-    if blocks <= 1:
-      out_MxD = mlp(x_MxD)
-    else:
-      C = -(-M // blocks)
-      x_XxCxD = jnp.pad(x_MxD, ((0, -M % C), (0, 0))).reshape(-1, C, x_MxD.shape[-1])
-      out_MxD = jax.lax.map(mlp, x_XxCxD).reshape(-1, x_MxD.shape[-1])[:M]
-    return out_MxD.reshape(x_BxTxD.shape[:-1] + out_MxD.shape[-1:])
+    B, T, D = x_BxTxD.shape
+    F = self.gate_proj.out_features
+
+    def mlp(x_BxCxD):
+      # 2-D matmuls: XLA:CPU's backward of the [B, T, D] form is ~25% slower.
+      x_MxD = x_BxCxD.reshape(-1, D)
+      out_MxD = self.down_proj(jax.nn.silu(self.gate_proj(x_MxD)) * self.up_proj(x_MxD))
+      return out_MxD.reshape(x_BxCxD.shape)
+
+    itemsize = jnp.dtype(self.gate_proj.dtype or x_BxTxD.dtype).itemsize
+    # Each [B, T, F] intermediate over the budget is made for blocks of positions in turn (a
+    # prefill of 64 hints x 608 tokens: 0.7 GB each in bfloat16 at F = 8,960). Blocks run
+    # along the sequence and keep the batch axis whole, so a batch-sharded input stays
+    # sharded (blocks of flattened tokens would mix rows and replicate the MLP's work).
+    blocks = -(-B * T * F * itemsize // BLOCK_BYTES)
+    if blocks <= 1 or T == 1:
+      return mlp(x_BxTxD)
+    C = -(-T // min(blocks, T))  # positions per block
+    pad = -T % C
+    x_XxBxCxD = jnp.moveaxis(
+        jnp.pad(x_BxTxD, ((0, 0), (0, pad), (0, 0))).reshape(B, -1, C, D), 1, 0)
+    out_XxBxCxD = jax.lax.map(mlp, x_XxBxCxD)
+    return jnp.moveaxis(out_XxBxCxD, 0, 1).reshape(B, T + pad, D)[:, :T]
 
 
-def attend(q_BxTxNxH, k_BxKxHxS, v_BxKxSxH, mask_BxTxS, prefix=None) -> jax.Array:
+def attend(q_BxTxNxH, k_BxKxHxS, v_BxKxSxH, mask_BxTxS, prefix=None,
+           scale: float | None = None) -> jax.Array:
   """Grouped-query softmax attention over T queries, in query blocks when the scores are
-  large (`BLOCK_BYTES`); see `_attend`."""
+  large (`BLOCK_BYTES`); see `_attend`. `scale` multiplies the logits (default H^-1/2)."""
   B, T, N, H = q_BxTxNxH.shape
   S = k_BxKxHxS.shape[-1] + (0 if prefix is None else prefix[2].shape[1])
   blocks = -(-B * N * T * S * 4 // BLOCK_BYTES)
   if blocks <= 1 or T == 1:
-    return _attend(q_BxTxNxH, k_BxKxHxS, v_BxKxSxH, mask_BxTxS, prefix)
+    return _attend(q_BxTxNxH, k_BxKxHxS, v_BxKxSxH, mask_BxTxS, prefix, scale)
   C = -(-T // min(blocks, T))  # queries per block
   pad = -T % C
   q_BxTxNxH = jnp.pad(q_BxTxNxH, ((0, 0), (0, pad), (0, 0), (0, 0)))
@@ -174,11 +183,12 @@ def attend(q_BxTxNxH, k_BxKxHxS, v_BxKxSxH, mask_BxTxS, prefix=None) -> jax.Arra
   q_XxBxCxNxH = jnp.moveaxis(q_BxTxNxH.reshape(B, -1, C, N, H), 1, 0)
   mask_XxBxCxS = jnp.moveaxis(mask_BxTxS.reshape(B, -1, C, mask_BxTxS.shape[-1]), 1, 0)
   out_XxBxCxNxH = jax.lax.map(
-      lambda qm: _attend(qm[0], k_BxKxHxS, v_BxKxSxH, qm[1], prefix), (q_XxBxCxNxH, mask_XxBxCxS))
+      lambda qm: _attend(qm[0], k_BxKxHxS, v_BxKxSxH, qm[1], prefix, scale),
+      (q_XxBxCxNxH, mask_XxBxCxS))
   return jnp.moveaxis(out_XxBxCxNxH, 0, 1).reshape(B, T + pad, N, H)[:, :T]
 
 
-def _attend(q_BxTxNxH, k_BxKxHxS, v_BxKxSxH, mask_BxTxS, prefix=None) -> jax.Array:
+def _attend(q_BxTxNxH, k_BxKxHxS, v_BxKxSxH, mask_BxTxS, prefix=None, scale=None) -> jax.Array:
   """Grouped-query softmax attention; logits and softmax in float32 (as HF does).
 
   Keys come transposed, `[B, K, H, S]`, and values as `[B, K, S, H]`: each kv head's
@@ -196,9 +206,10 @@ def _attend(q_BxTxNxH, k_BxKxHxS, v_BxKxSxH, mask_BxTxS, prefix=None) -> jax.Arr
   K = k_BxKxHxS.shape[1]
   G = N // K
   dtype = q_BxTxNxH.dtype
+  scale = H**-0.5 if scale is None else scale
   q_BxKxTxGxH = jnp.transpose(q_BxTxNxH.reshape(B, T, K, G, H), (0, 2, 1, 3, 4))
   logits_BxKxTxGxS = jnp.einsum("bktgh,bkhs->bktgs", q_BxKxTxGxH, k_BxKxHxS.astype(dtype),
-                                preferred_element_type=jnp.float32) * H**-0.5
+                                preferred_element_type=jnp.float32) * scale
   logits_BxKxTxGxS = jnp.where(mask_BxTxS[:, None, :, None], logits_BxKxTxGxS,
                                jnp.finfo(jnp.float32).min)
   if prefix is not None:
@@ -207,7 +218,7 @@ def _attend(q_BxTxNxH, k_BxKxHxS, v_BxKxSxH, mask_BxTxS, prefix=None) -> jax.Arr
     C = B // Q
     q_QxKxCxTxGxH = jnp.swapaxes(q_BxKxTxGxH.reshape(Q, C, K, T, G, H), 1, 2)
     prefix_QxKxCxTxGxP = jnp.einsum("qkctgh,qkhp->qkctgp", q_QxKxCxTxGxH, k_QxKxHxP.astype(dtype),
-                                    preferred_element_type=jnp.float32) * H**-0.5
+                                    preferred_element_type=jnp.float32) * scale
     prefix_QxKxCxTxGxP = jnp.where(valid_QxP[:, None, None, None, None], prefix_QxKxCxTxGxP,
                                    jnp.finfo(jnp.float32).min)
     logits_BxKxTxGxS = jnp.concatenate(

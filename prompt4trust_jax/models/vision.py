@@ -85,8 +85,9 @@ def segment_attention(q_IxLxNxH, k_IxLxNxH, v_IxLxNxH, segment_IxL, scale: float
                       implementation: str = "xla"):
   """Softmax attention within each row where query and key segment ids are equal.
 
-  "xla" runs one image at a time (`lax.map`), so its `[N, L, L]` scores exist for one image;
-  the fused kernels never materialise them. Padding (id -1) attends only padding.
+  "xla" runs one image at a time (`lax.map`) through the decoder's `layers.attend`, so its
+  scores exist for one image, in query blocks when large (`layers.BLOCK_BYTES`); the fused
+  kernels never materialise them. Padding (id -1) attends only padding.
   """
   if implementation == "pallas_tpu":
     from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash
@@ -102,9 +103,11 @@ def segment_attention(q_IxLxNxH, k_IxLxNxH, v_IxLxNxH, segment_IxL, scale: float
 
   def one(args):
     q_LxNxH, k_LxNxH, v_LxNxH, segment_L = args
-    mask_LxL = segment_L[:, None] == segment_L[None, :]
-    return jax.nn.dot_product_attention(q_LxNxH[None], k_LxNxH[None], v_LxNxH[None],
-                                        mask=mask_LxL[None, None], scale=scale)[0]
+    mask_1xLxL = (segment_L[:, None] == segment_L[None, :])[None]
+    # One kv head per query head, in the layouts `attend` takes: keys [1, N, H, L],
+    # values [1, N, L, H].
+    return layers.attend(q_LxNxH[None], jnp.transpose(k_LxNxH, (1, 2, 0))[None],
+                         jnp.swapaxes(v_LxNxH, 0, 1)[None], mask_1xLxL, scale=scale)[0]
 
   return jax.lax.map(one, (q_IxLxNxH, k_IxLxNxH, v_IxLxNxH, segment_IxL))
 

@@ -118,11 +118,23 @@ def test_query_blocked_attention_is_exact(monkeypatch):
   assert "scan" in str(jax.make_jaxpr(lambda q: layers.attend(q, k, v, mask, prefix))(q))
 
 
-def test_token_blocked_mlp_is_exact(monkeypatch):
+def test_position_blocked_mlp_is_exact_and_keeps_the_batch_sharding(monkeypatch):
+  from jax.sharding import NamedSharding, PartitionSpec as P
   from prompt4trust_jax.models import layers
   mlp = layers.SwiGLU(16, 24, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
-  x = jnp.asarray(np.random.default_rng(8).normal(size=(3, 5, 16)), jnp.float32)
+  x = jnp.asarray(np.random.default_rng(8).normal(size=(8, 5, 16)), jnp.float32)
   whole = mlp(x)
-  monkeypatch.setattr(layers, "BLOCK_BYTES", 4 * 24 * 4)  # 4 of the 15 tokens a block
+  monkeypatch.setattr(layers, "BLOCK_BYTES", 8 * 2 * 24 * 4)  # 2 of the 5 positions a block
   np.testing.assert_allclose(mlp(x), whole, rtol=1e-6, atol=1e-6)
   assert "scan" in str(jax.make_jaxpr(mlp)(x))
+  # Rows split over 8 devices: each device's MLP computes its own row only (1/8 of the
+  # work), blocks and all; blocks of flattened tokens would mix rows and replicate it.
+  mesh = jax.make_mesh((8,), ("data",))
+  rows = NamedSharding(mesh, P("data"))
+  graphdef, params = nnx.split(mlp)
+  forward = lambda p, x: nnx.merge(graphdef, p)(x)
+  run = jax.jit(forward, in_shardings=(None, rows), out_shardings=rows)
+  flops = lambda fn: fn.lower(params, x).compile().cost_analysis()["flops"]
+  sharded, single = flops(run), flops(jax.jit(forward))  # per device; one device
+  assert sharded <= single / 8 * 1.15, (sharded, single)
+  np.testing.assert_allclose(run(params, jax.device_put(x, rows)), whole, rtol=1e-6, atol=1e-6)
