@@ -84,6 +84,11 @@ class Item:
   options: tuple[str, ...]
   image: Any = None
 
+  @classmethod
+  def from_example(cls, example: dict) -> "Item":
+    """A data set example's question, options and image (if any)."""
+    return cls(example["question"], tuple(example["options"]), example.get("image"))
+
 
 class Answers(NamedTuple):
   """Per response (item-major, G per item): letter index (-1 invalid), confidence in [0, 1]."""

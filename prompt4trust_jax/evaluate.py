@@ -285,7 +285,7 @@ def _answer(r: Run, answerer, ctx: _Context, batch, key) -> list[dict]:
   if r.soft_prompt:
     out = soft_prompt.answer(answerer, ctx.soft_prompt(), batch, len(batch))
   else:
-    items = [downstream.Item(x["question"], x["options"], x["image"]) for x in batch]
+    items = [downstream.Item.from_example(x) for x in batch]
     out = answerer.answer(items, [[h] * r.samples for h in written], key)
   S = r.samples
   records = []
@@ -320,7 +320,7 @@ def _search_instruction(ctx: _Context) -> str:
     if instruction not in cache:
       config = dataclasses.replace(ctx.elicitation(base), instruction=instruction)
       answerer = ctx.answerer.with_config(config)
-      items = [downstream.Item(x["question"], x["options"], x["image"]) for x in examples]
+      items = [downstream.Item.from_example(x) for x in examples]
       out = answerer.answer(items, None, jax.random.key(ctx.config.seed))
       gold = np.asarray([x["answer"] for x in examples])
       m = calibration.summary(jnp.asarray(out.confidence), jnp.asarray(out.valid),

@@ -45,6 +45,14 @@ class Judged:
   def correct_B(self) -> jax.Array:
     return self.valid_B & (self.letter_B == self.answer_B)
 
+  @classmethod
+  def from_answers(cls, answers, answer_B) -> "Judged":
+    """The downstream's parsed answers (`downstream.Answers`, item-major) against the
+    correct options `answer_B` (one per response)."""
+    return cls(letter_B=jnp.asarray(answers.letter_index),
+               confidence_B=jnp.asarray(answers.confidence), valid_B=jnp.asarray(answers.valid),
+               answer_B=jnp.asarray(answer_B))
+
 
 def judged_from_texts(texts: Sequence[str], answers: Sequence[int | str],
                       parser: str = "paper") -> Judged:

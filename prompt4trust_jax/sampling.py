@@ -43,6 +43,10 @@ class GenerateOutput(NamedTuple):
   tokens_BxN: np.ndarray  # the same, padded with pad_token_id
   logprobs_BxN: np.ndarray  # padded with 0
   lengths_B: np.ndarray
+  # The prompts as the sampler left padded them (one row per prompt, not per copy): what
+  # the completions continue, for a GRPO batch (`update.Batch.from_rollout`).
+  prompt_QxP: np.ndarray
+  prompt_mask_QxP: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -402,4 +406,6 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_new_tok
   return GenerateOutput(
       tokens=[row[:n].tolist() for row, n in zip(tokens_BxN, lengths_B)],
       logprobs=[row[:n] for row, n in zip(logprobs_BxN, lengths_B)],
-      tokens_BxN=tokens_BxN, logprobs_BxN=logprobs_BxN, lengths_B=lengths_B)
+      tokens_BxN=tokens_BxN, logprobs_BxN=logprobs_BxN, lengths_B=lengths_B,
+      prompt_QxP=np.asarray(tokens)[:len(prompts)],
+      prompt_mask_QxP=np.asarray(mask)[:len(prompts)])

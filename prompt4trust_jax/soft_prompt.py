@@ -129,8 +129,7 @@ def prepare(downstream: downstream_lib.Downstream,
     if len(x["options"]) != len(letter_ids):
       raise ValueError(f"Example {x.get('id')} has {len(x['options'])} options; the downstream "
                        f"reads {len(letter_ids)} letters ({downstream.config.letters}).")
-  items = [downstream_lib.Item(x["question"], tuple(x["options"]), x.get("image"))
-           for x in examples]
+  items = [downstream_lib.Item.from_example(x) for x in examples]
   out = []
   for x, item, image in zip(examples, items, downstream.preprocess_images(items)):
     prompt = downstream.prompt_ids(item, None, None if image is None else image[1])

@@ -18,7 +18,6 @@ import time
 
 import grain
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -26,9 +25,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
-from prompt4trust_jax import (calibration, data, downstream, fixtures, grpo, hints, models,
-                              padding, prompts, reference, rewards, sharding,
-                              update)
+from prompt4trust_jax import (data, downstream, fixtures, grpo, models, prompts, reference,
+                              rewards, sharding, update)
+from prompt4trust_jax import rollout as rollout_lib
 from prompt4trust_jax.models import generation_config
 from prompt4trust_jax.models import lora
 from prompt4trust_jax.models import tokenizer as tokenizer_lib
@@ -222,8 +221,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       update.TrainState.create(policy, tx), mesh, config=loss_config,
       temperature=policy_settings["temperature"], micro_batches=g.micro_batches,
       group_size=config.sampling.num_generations, logprob_chunk=g.get("logprob_chunk"))
-  rollout = _Rollout(config, answerer, tokenizer, eos, reward_spec, frozen, preset, letters,
-                     policy_settings, models.graphdef_in(policy, config.policy.get("sampling_dtype")))
+  rollout = rollout_lib.Rollout(
+      config, answerer, tokenizer, eos, reward_spec, frozen, preset, letters, policy_settings,
+      models.graphdef_in(policy, config.policy.get("sampling_dtype")))
 
   manager = _checkpoints(workdir, config.train.keep_checkpoints)
   start = 0
@@ -272,69 +272,3 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   finally:
     logger.close()
   return metrics
-
-
-class _Rollout:
-  """One rollout: hints for each question (G each), the downstream's answers, rewards -> an
-  update batch. Settings that do not change between rollouts are bound once here."""
-
-  def __init__(self, config, answerer, tokenizer, eos, reward_spec, reference, preset, letters,
-               sampling_settings, sampling_graphdef):
-    self.config, self.answerer, self.tokenizer, self.eos = config, answerer, tokenizer, eos
-    self.reward_spec, self.reference, self.preset = reward_spec, reference, preset
-    self.letters, self.sampling_settings = letters, sampling_settings
-    self.sampling_graphdef = sampling_graphdef
-
-  def _sampler(self, state) -> nnx.Module:
-    if self.sampling_graphdef is None:
-      return state.model()
-    dtype = jnp.dtype(self.config.policy.sampling_dtype)
-    return nnx.merge(self.sampling_graphdef,
-                     jax.tree.map(lambda x: x.astype(dtype), state.model_state()))
-
-  def __call__(self, state, examples, key):
-    config, G = self.config, self.config.sampling.num_generations
-    s = config.sampling
-    prompt_ids, out, texts = hints.write(
-        self._sampler(state), self.tokenizer, self.eos, examples, preset=self.preset,
-        num_per_prompt=G, max_new_tokens=s.max_new_tokens, rng=jax.random.fold_in(key, 0),
-        **self.sampling_settings)
-    items = [downstream.Item(e["question"], tuple(e["options"]), e["image"]) for e in examples]
-    answers = self.answerer.answer(items, hints.group(texts, G), jax.random.fold_in(key, 1))
-    answer_B = np.repeat([e["answer"] for e in examples], G).astype(np.int32)
-    judged = rewards.Judged(letter_B=jnp.asarray(answers.letter_index),
-                            confidence_B=jnp.asarray(answers.confidence),
-                            valid_B=jnp.asarray(answers.valid), answer_B=jnp.asarray(answer_B))
-    veto_B = None
-    if self.reward_spec.veto:
-      veto_B = jnp.asarray(self.reward_spec.veto_mask(texts, [self.letters[a] for a in answer_B]))
-    total_B, per_term = self.reward_spec(judged, veto_B)
-    info = {f"reward/{k}": float(v)
-            for k, v in rewards.summarize(per_term, total_B, veto_B).items()}
-    info.update({f"downstream/{k}": float(v) for k, v in calibration.summary(
-        judged.confidence_B, judged.valid_B, judged.correct_B).items()})
-
-    tokens, mask = padding.left_pad(prompt_ids, padding.bucket_length(max(map(len, prompt_ids))),
-                                     len(prompt_ids), self.tokenizer.pad_token_id or 0)
-    N = out.tokens_BxN.shape[1]
-    completion_mask = (np.arange(N)[None] < out.lengths_B[:, None]).astype(np.float32)
-    batch = update.Batch(
-        tokens_BxL=jnp.asarray(np.concatenate([np.repeat(tokens, G, 0), out.tokens_BxN], 1)),
-        attention_mask_BxL=jnp.asarray(
-            np.concatenate([np.repeat(mask, G, 0), completion_mask], 1), jnp.int32),
-        completion_mask_BxN=jnp.asarray(completion_mask),
-        old_logp_BxN=jnp.asarray(out.logprobs_BxN),
-        advantages_B=grpo.advantages(total_B, G, config.grpo.advantage))
-    forward = dict(temperature=self.sampling_settings["temperature"], group_size=G,
-                   logprob_chunk=config.grpo.get("logprob_chunk"))
-    if self.sampling_graphdef is not None:
-      # Sampled in another precision: the ratio's "old" log-probs are the update's own
-      # forward at generation time, as TRL computes them.
-      batch = batch.replace(old_logp_BxN=update.reference_logprobs(
-          state.graphdef, state.model_state(), batch.tokens_BxL, batch.attention_mask_BxL, N,
-          **forward))
-    if self.reference is not None:
-      batch = batch.replace(ref_logp_BxN=self.reference.logprobs(
-          batch.tokens_BxL, batch.attention_mask_BxL, N, state=state, **forward))
-    info["hint_length/mean"] = float(out.lengths_B.mean())
-    return batch, info

@@ -12,6 +12,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx, struct
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -55,6 +56,23 @@ class Batch:
   old_logp_BxN: jax.Array  # from the sampler at generation time
   advantages_B: jax.Array
   ref_logp_BxN: jax.Array | None = None  # the frozen reference's, when beta > 0
+
+  @classmethod
+  def from_rollout(cls, output, copies: int, advantages_B: jax.Array) -> "Batch":
+    """The layout above from the sampler's output (`sampling.GenerateOutput`, `copies`
+    completions per prompt, prompt-major): each prompt as the sampler padded it, repeated
+    for its completions, then the completion; its mask covers tokens up to and including
+    the first EOS."""
+    N = output.tokens_BxN.shape[1]
+    completion_BxN = (np.arange(N)[None] < output.lengths_B[:, None]).astype(np.float32)
+    prompt_BxP = np.repeat(output.prompt_QxP, copies, 0)
+    prompt_mask_BxP = np.repeat(output.prompt_mask_QxP, copies, 0)
+    return cls(
+        tokens_BxL=jnp.asarray(np.concatenate([prompt_BxP, output.tokens_BxN], 1)),
+        attention_mask_BxL=jnp.asarray(np.concatenate([prompt_mask_BxP, completion_BxN], 1),
+                                       jnp.int32),
+        completion_mask_BxN=jnp.asarray(completion_BxN),
+        old_logp_BxN=jnp.asarray(output.logprobs_BxN), advantages_B=advantages_B)
 
 
 def optimizer(learning_rate: float | optax.Schedule = 1e-6, weight_decay: float = 0.0,

@@ -225,3 +225,14 @@ def test_from_config_terms_with_veto():
 def test_from_config_errors(config, match):
   with pytest.raises(ValueError, match=match):
     rewards.from_config(config)
+
+
+def test_judged_from_answers_marks_correct_valid_rows():
+  from prompt4trust_jax import downstream
+  answers = downstream.Answers(letter_index=np.array([1, -1, 2]),
+                               confidence=np.array([0.9, 0.0, 0.4], np.float32),
+                               valid=np.array([True, False, True]), texts=["", "", ""],
+                               option_probs=None, num_tokens=np.array([3, 1, 3]))
+  judged = rewards.Judged.from_answers(answers, np.array([1, 1, 0], np.int32))
+  np.testing.assert_array_equal(judged.correct_B, [True, False, False])
+  np.testing.assert_allclose(judged.confidence_B, [0.9, 0.0, 0.4])

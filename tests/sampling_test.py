@@ -52,9 +52,15 @@ def test_deterministic_for_a_given_rng(model):
 
 def test_batched_rows_equal_single_rows(model):
   prompts = [[5, 6, 7], list(range(30, 55)), [99]]
-  batched = sampling.generate(model, prompts, max_new_tokens=20, temperature=0)
+  batched = sampling.generate(model, prompts, max_new_tokens=20, temperature=0, pad_token_id=1)
   for prompt, tokens in zip(prompts, batched.tokens):
     assert sampling.generate(model, [prompt], max_new_tokens=20, temperature=0).tokens[0] == tokens
+  # The prompts come back as the sampler padded them: left, to the length bucket.
+  P = padding.bucket_length(25)
+  assert batched.prompt_QxP.shape == batched.prompt_mask_QxP.shape == (3, P)
+  for prompt, row, mask in zip(prompts, batched.prompt_QxP, batched.prompt_mask_QxP):
+    assert row[P - len(prompt):].tolist() == prompt and (row[:P - len(prompt)] == 1).all()
+    assert mask.tolist() == [0] * (P - len(prompt)) + [1] * len(prompt)
 
 
 def test_copies_share_the_prompt_cache_and_sample_like_repeated_prompts(model):

@@ -219,3 +219,23 @@ def test_micro_batches_stride_over_groups_and_stay_sharded():
   out = jax.jit(lambda b: update.micro_split(b, m, G)).lower(placed).compile()
   spec = out.output_shardings.tokens_BxL.spec
   assert spec[0] is None and spec[1] is not None, spec
+
+
+def test_batch_from_rollout_lays_out_padded_prompts_then_completions():
+  # 2 prompts x 2 copies; prompts as the sampler left padded them, completions right padded.
+  out = sampling.GenerateOutput(
+      tokens=[[5, 6], [7], [8, 9, 1], [3, 3, 3]], logprobs=[],
+      tokens_BxN=np.array([[5, 6, 0], [7, 0, 0], [8, 9, 1], [3, 3, 3]], np.int32),
+      logprobs_BxN=np.full((4, 3), -0.5, np.float32), lengths_B=np.array([2, 1, 3, 3]),
+      prompt_QxP=np.array([[0, 1, 2], [3, 4, 5]], np.int32),
+      prompt_mask_QxP=np.array([[0, 1, 1], [1, 1, 1]], np.int32))
+  batch = update.Batch.from_rollout(out, 2, jnp.arange(4.0))
+  np.testing.assert_array_equal(batch.tokens_BxL, [[0, 1, 2, 5, 6, 0], [0, 1, 2, 7, 0, 0],
+                                                   [3, 4, 5, 8, 9, 1], [3, 4, 5, 3, 3, 3]])
+  np.testing.assert_array_equal(batch.attention_mask_BxL, [[0, 1, 1, 1, 1, 0], [0, 1, 1, 1, 0, 0],
+                                                           [1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+  np.testing.assert_array_equal(batch.completion_mask_BxN, [[1, 1, 0], [1, 0, 0], [1, 1, 1],
+                                                            [1, 1, 1]])
+  assert batch.attention_mask_BxL.dtype == jnp.int32
+  np.testing.assert_array_equal(batch.old_logp_BxN, out.logprobs_BxN)
+  np.testing.assert_array_equal(batch.advantages_B, [0, 1, 2, 3])

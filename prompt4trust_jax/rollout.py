@@ -1,0 +1,80 @@
+"""One GRPO step's data, forward only: prompts -> G hints each -> the downstream's answers ->
+rewards -> the update batch.
+
+  rollout = Rollout(config, answerer, tokenizer, eos, reward_spec, kl_reference, preset,
+                    letters, sampling_settings, sampling_graphdef)
+  batch, info = rollout(state, examples, key)  # update.Batch, scalar metrics
+
+The policy sees only the question and options (`hints.write`); the sampler returns the
+prompts as it padded them, which `update.Batch.from_rollout` lays out with the completions;
+the downstream's answers become `rewards.Judged.from_answers`. Sampling keys derive from
+`key`: fold 0 for the hints, fold 1 for the answers.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from prompt4trust_jax import calibration, downstream, grpo, hints, rewards, update
+
+
+class Rollout:
+  """Settings that do not change between rollouts, bound once; `__call__` is one rollout.
+
+  `kl_reference` is a `reference.Reference` (beta > 0) or None; `sampling_graphdef` is the
+  policy's graph in `policy.sampling_dtype` (`models.graphdef_in`), None to sample in the
+  update's own precision.
+  """
+
+  def __init__(self, config, answerer, tokenizer, eos, reward_spec, kl_reference, preset,
+               letters, sampling_settings, sampling_graphdef):
+    self.config, self.answerer, self.tokenizer, self.eos = config, answerer, tokenizer, eos
+    self.reward_spec, self.kl_reference, self.preset = reward_spec, kl_reference, preset
+    self.letters, self.sampling_settings = letters, sampling_settings
+    self.sampling_graphdef = sampling_graphdef
+
+  def _sampler(self, state) -> nnx.Module:
+    if self.sampling_graphdef is None:
+      return state.model()
+    dtype = jnp.dtype(self.config.policy.sampling_dtype)
+    return nnx.merge(self.sampling_graphdef,
+                     jax.tree.map(lambda x: x.astype(dtype), state.model_state()))
+
+  def __call__(self, state, examples, key) -> tuple[update.Batch, dict[str, float]]:
+    config, G = self.config, self.config.sampling.num_generations
+    written = hints.write(
+        self._sampler(state), self.tokenizer, self.eos, examples, preset=self.preset,
+        num_per_prompt=G, max_new_tokens=config.sampling.max_new_tokens,
+        rng=jax.random.fold_in(key, 0), **self.sampling_settings)
+    items = [downstream.Item.from_example(e) for e in examples]
+    answers = self.answerer.answer(items, hints.group(written.texts, G),
+                                   jax.random.fold_in(key, 1))
+    answer_B = np.repeat([e["answer"] for e in examples], G).astype(np.int32)
+    judged = rewards.Judged.from_answers(answers, answer_B)
+    veto_B = None
+    if self.reward_spec.veto:
+      veto_B = jnp.asarray(self.reward_spec.veto_mask(written.texts,
+                                                      [self.letters[a] for a in answer_B]))
+    total_B, per_term = self.reward_spec(judged, veto_B)
+    info = {f"reward/{k}": float(v)
+            for k, v in rewards.summarize(per_term, total_B, veto_B).items()}
+    info.update({f"downstream/{k}": float(v) for k, v in calibration.summary(
+        judged.confidence_B, judged.valid_B, judged.correct_B).items()})
+    info["hint_length/mean"] = float(written.output.lengths_B.mean())
+
+    batch = update.Batch.from_rollout(written.output, G,
+                                      grpo.advantages(total_B, G, config.grpo.advantage))
+    N = written.output.tokens_BxN.shape[1]
+    forward = dict(temperature=self.sampling_settings["temperature"], group_size=G,
+                   logprob_chunk=config.grpo.get("logprob_chunk"))
+    if self.sampling_graphdef is not None:
+      # Sampled in another precision: the ratio's "old" log-probs are the update's own
+      # forward at generation time, as TRL computes them.
+      batch = batch.replace(old_logp_BxN=update.reference_logprobs(
+          state.graphdef, state.model_state(), batch.tokens_BxL, batch.attention_mask_BxL, N,
+          **forward))
+    if self.kl_reference is not None:
+      batch = batch.replace(ref_logp_BxN=self.kl_reference.logprobs(
+          batch.tokens_BxL, batch.attention_mask_BxL, N, state=state, **forward))
+    return batch, info
