@@ -12,7 +12,7 @@
 from absl import app, flags
 from ml_collections import config_flags
 
-from prompt4trust_jax import models, train
+from prompt4trust_jax import checkpoints, models
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The training run's config (with "
                                           "--train_workdir).")
@@ -29,7 +29,7 @@ def main(argv):
   if _TRAIN_WORKDIR.value is not None:
     if _CONFIG.value is None:
       raise app.UsageError("--train_workdir needs the run's --config (and its overrides).")
-    step = train.export_policy(_CONFIG.value, _TRAIN_WORKDIR.value, _OUT.value,
+    step = checkpoints.export_policy(_CONFIG.value, _TRAIN_WORKDIR.value, _OUT.value,
                                dtype=_DTYPE.value)
     print(f"wrote {_OUT.value} (rollout {step})")
     return

@@ -146,7 +146,7 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
   import jax.numpy as jnp
   from flax import nnx
 
-  from prompt4trust_jax import grpo, models, padding, sampling, sharding, train, update
+  from prompt4trust_jax import grpo, models, padding, run_models, sampling, sharding, update
   from prompt4trust_jax.models import lora, vision
 
   config = _half_precision_as_on_accelerators(config)
@@ -165,7 +165,7 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
   policy_cls, policy_cfg = _model_config(p, policy_shape, False, dtype=p.dtype,
                                          param_dtype=p.get("param_dtype") or "float32",
                                          remat=p.get("remat", "none"))
-  adapters = train.lora_config(p)
+  adapters = run_models.lora_config(p)
 
   def build(cfg):
     model = policy_cls(cfg, rngs=nnx.Rngs(0))

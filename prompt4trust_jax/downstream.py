@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from prompt4trust_jax import (constraints, head_layout, images, padding, parsing, prompts,
-                              sampling)
+from prompt4trust_jax import (config_sections, constraints, head_layout, images, padding, parsing,
+                              prompts, sampling)
 from prompt4trust_jax.models import generation_config, qwen2
 from prompt4trust_jax.models import tokenizer as tokenizer_lib
 
@@ -71,10 +71,9 @@ def elicitation_config(section, path: str | None = None, **overrides) -> Elicita
   `sampling_defaults` is "generation_config" (what vLLM did for the original), else from the
   neutral defaults (`models.generation_config`).
   """
-  names = {f.name for f in dataclasses.fields(ElicitationConfig)}
-  settings = {k: v for k, v in {**dict(section), **overrides}.items() if k in names}
+  settings = config_sections.settings_for(ElicitationConfig, section, **overrides)
   settings = generation_config.resolve(settings, path, section.get("sampling_defaults", "neutral"))
-  return ElicitationConfig(**{k: v for k, v in settings.items() if v is not None and v != ""})
+  return config_sections.to_dataclass(ElicitationConfig, settings)
 
 
 @dataclasses.dataclass(frozen=True)

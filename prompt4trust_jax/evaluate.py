@@ -49,9 +49,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from prompt4trust_jax import (abstention, baselines, calibration, data, downstream, hints, noise,
-                              parsing, prompt_search, prompts, report, run_store, sharding,
-                              soft_prompt, train)
+from prompt4trust_jax import (abstention, baselines, calibration, checkpoints, data, downstream,
+                              hints, noise, parsing, prompt_search, prompts, report, run_models,
+                              run_store, sharding, soft_prompt)
 from prompt4trust_jax.run_store import RunStore
 
 METHODS = ("no_hint", "fixed_hint", "prompt4trust", "csc", "csa", "entropy",
@@ -140,7 +140,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
   if any(r.split == "val" or r.searched for r in runs):
     splits["val"] = _examples(config, workdir, config.data.val_split)
   d = config.downstream
-  downstream_path = train.model_dir(d, workdir, config.seed, vision=True)
+  downstream_path = run_models.model_dir(d, workdir, config.seed, vision=True)
   answerer = downstream.Downstream.from_pretrained(
       downstream_path, dtype=d.dtype, mesh=mesh, min_pixels=d.get("min_pixels"),
       max_pixels=d.get("max_pixels"))
@@ -189,10 +189,10 @@ class _Policy:
   def __init__(self, config, workdir, mesh):
     p = config.policy
     # The trained parameters are restored onto the base model, loaded as training loads it.
-    self.model, self.tokenizer, self.eos, base = train.policy_model(
+    self.model, self.tokenizer, self.eos, base = run_models.policy_model(
         p, p.train_workdir or workdir, config.seed, mesh)
     if p.train_workdir:
-      step = train.load_policy(p.train_workdir, self.model, p.get("step") or None)
+      step = checkpoints.load_policy(p.train_workdir, self.model, p.get("step") or None)
       logging.info("Prompt4Trust policy: rollout %d of %s", step, p.train_workdir)
     elif p.path:  # a released hint writer, e.g. xingshen/prompt4trust-cgpgenerator-1.5B
       logging.info("Prompt4Trust policy: the checkpoint at %s as it is", p.path)
@@ -201,7 +201,7 @@ class _Policy:
                       "random model %s.", base)
     self.preset = prompts.preset(config.prompts.preset)
     self.max_new_tokens = p.max_new_tokens
-    self.settings = train.policy_sampling(p, base)
+    self.settings = run_models.policy_sampling(p, base)
 
   def _complete(self, user_texts) -> list[str]:
     return hints.complete(self.model, self.tokenizer, self.eos, user_texts,

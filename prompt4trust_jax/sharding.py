@@ -14,13 +14,28 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# Matrices are [in, out]; the embedding table is [V, D].
-PARAM_RULES = (
+# Matrices are [in, out]; the embedding table is [V, D]. Column-parallel projections (out
+# split over `tensor`) feed row-parallel ones (in split over `tensor`), so a block's
+# activations are split over `tensor` between them and gathered once after.
+_DECODER_RULES = (
     (r"embed_tokens\.embedding$", P("tensor", "fsdp")),
     (r"lm_head\.kernel$", P("fsdp", "tensor")),
     (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)\.kernel$", P("fsdp", "tensor")),
     (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)\.bias$", P("tensor")),
     (r"(o_proj|down_proj)\.kernel$", P("tensor", "fsdp")),
+)
+# The Qwen2-VL vision tower (its Qwen2.5-VL MLP is the decoder's SwiGLU, above): fused qkv
+# and fc1 column-parallel, the attention output and fc2 row-parallel; the patch embedding
+# (1.5M parameters) replicated.
+_VISION_RULES = (
+    (r"(attn\.qkv|mlp\.fc1|merger\.fc1)\.kernel$", P("fsdp", "tensor")),
+    (r"(attn\.qkv|mlp\.fc1|merger\.fc1)\.bias$", P("tensor")),
+    (r"(attn\.proj|mlp\.fc2|merger\.fc2)\.kernel$", P("tensor", "fsdp")),
+    (r"patch_embed$", P()),
+)
+# Every parameter of two or more dimensions has a rule above (tests/sharding_test.py checks
+# each family); what falls through is a norm scale or a bias, replicated.
+PARAM_RULES = _DECODER_RULES + _VISION_RULES + (
     (r"lora_(a|b)$", P()),  # LoRA adapters: rank 8-64, small enough to replicate
     (r".*", P()),
 )

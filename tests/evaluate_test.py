@@ -11,7 +11,8 @@ from flax import nnx
 
 from configs import (demo, eval_abstain, eval_calibprompt, eval_demo, eval_noise, eval_pmcvqa,
                      eval_prompt_search)
-from prompt4trust_jax import downstream, evaluate, fixtures, hints, models, noise, prompts, train
+from prompt4trust_jax import (checkpoints, downstream, evaluate, fixtures, hints, models, noise,
+                              prompts, train)
 from prompt4trust_jax.models import tokenizer as tokenizer_lib
 
 
@@ -143,13 +144,13 @@ def test_load_policy_restores_the_trained_parameters(trained):
   base = models.from_pretrained(os.path.join(trained, "random_models", "qwen2_tiny"),
                                 param_dtype="float32")
   before = jax.tree.map(np.asarray, nnx.state(base))
-  assert train.load_policy(trained, base) == 2
+  assert checkpoints.load_policy(trained, base) == 2
   after = jax.tree.map(np.asarray, nnx.state(base))
   changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before),
                                                       jax.tree.leaves(after))]
   assert any(changed)  # two GRPO steps moved the weights
   with pytest.raises(FileNotFoundError, match="No checkpoint"):
-    train.load_policy(os.path.dirname(trained), base)
+    checkpoints.load_policy(os.path.dirname(trained), base)
 
 
 def test_plan_runs_each_pass_once_and_names_unknown_methods():

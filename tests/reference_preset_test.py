@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import eval_pmcvqa, pmcvqa
-from prompt4trust_jax import downstream, train
+from prompt4trust_jax import downstream, run_models, train
 from prompt4trust_jax.models import generation_config
 
 
@@ -55,11 +55,11 @@ def test_unset_sampling_parameters_come_from_generation_config(realistic_policy_
   assert (config.temperature, config.top_p, config.max_new_tokens) == (0.1, 0.95, 256)
   assert (config.top_k, config.repetition_penalty) == (1, 1.0)
   # The evaluation's policy: greedy, top_p 1; Qwen2.5-1.5B-Instruct's penalty 1.1 and top_k 20.
-  assert train.policy_sampling(c.policy, realistic_policy_dir) == dict(
+  assert run_models.policy_sampling(c.policy, realistic_policy_dir) == dict(
       temperature=0.0, top_p=1.0, top_k=20, repetition_penalty=1.1)
   # Training samples with every parameter set (TRL sends them all).
   t = pmcvqa.get_config()
-  assert train.policy_sampling(t.sampling, realistic_policy_dir) == dict(
+  assert run_models.policy_sampling(t.sampling, realistic_policy_dir) == dict(
       temperature=0.6, top_p=0.95, top_k=100, repetition_penalty=1.0)
   # Without the file, or with "neutral" defaults: no top-k, no penalty.
   assert generation_config.resolve({"top_k": None, "temperature": 0.5}, None) == dict(

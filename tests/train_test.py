@@ -9,7 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import demo
-from prompt4trust_jax import train
+from prompt4trust_jax import checkpoints, run_models, train
 
 
 def _config(rollouts, **overrides):
@@ -145,12 +145,12 @@ def test_lora_run_checkpoints_adapters_only_and_exports_them_merged(tmp_path):
   paths = {"/".join(map(str, p)) for p, _ in jax.tree_util.tree_flatten_with_path(saved)[0]}
   assert paths and all("lora_a" in p or "lora_b" in p for p in paths), sorted(paths)[:4]
   assert len(paths) == 2 * 3 * 2  # A and B on 3 projections of 2 layers
-  policy, *_ = train.policy_model(config.policy, workdir, config.seed)
-  train.load_policy(workdir, policy)
+  policy, *_ = run_models.policy_model(config.policy, workdir, config.seed)
+  checkpoints.load_policy(workdir, policy)
   assert max(float(abs(x).max()) for x in jax.tree.leaves(nnx.state(policy, nnx.LoRAParam))
              if x.ndim and x.shape[0] == 4) > 0  # B moved off zero
   out = str(tmp_path / "export")
-  assert train.export_policy(config, workdir, out) == 2
+  assert checkpoints.export_policy(config, workdir, out) == 2
   exported = models.from_pretrained(out, dtype="float32")
   assert not lora.has_adapters(exported)
   ids = np.array([[5, 6, 7, 8]])

@@ -1,0 +1,40 @@
+"""The training run's metrics: absl progress lines, `metrics.jsonl` and TensorBoard events."""
+
+import json
+import os
+import time
+
+from absl import logging
+
+
+class Logger:
+  """absl progress lines, a JSONL file and TensorBoard events in the workdir."""
+
+  def __init__(self, workdir: str, total_rollouts: int, num_iterations: int):
+    from tensorboardX import SummaryWriter  # a small writer without TensorFlow
+    self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self.total, self.start, self.first = total_rollouts, time.time(), None
+    self.num_iterations = num_iterations
+
+  def write(self, rollout: int, metrics: dict[str, float]):
+    """One record per rollout; TensorBoard's x axis is the optimizer step (TRL's)."""
+    optimizer_step = rollout * self.num_iterations
+    self.jsonl.write(json.dumps({"rollout": rollout, "optimizer_step": optimizer_step,
+                                 **metrics}) + "\n")
+    self.jsonl.flush()
+    for key, value in metrics.items():
+      self.tb.add_scalar(key, value, optimizer_step)
+    self.first = self.first if self.first is not None else rollout - 1
+    rate = (rollout - self.first) / max(time.time() - self.start, 1e-9)
+    eta = (self.total - rollout) / max(rate, 1e-9)
+    logging.info("rollout %d/%d (optimizer step %d/%d)  %.3f rollouts/s  ETA %.0fs  reward %.3f  "
+                 "accuracy %.2f  ece %.3f  loss %.4f", rollout, self.total, optimizer_step,
+                 self.total * self.num_iterations, rate, eta,
+                 metrics.get("reward/total/mean", float("nan")),
+                 metrics.get("downstream/accuracy", float("nan")),
+                 metrics.get("downstream/ece", float("nan")), metrics.get("loss", float("nan")))
+
+  def close(self):
+    self.jsonl.close()
+    self.tb.close()
