@@ -36,8 +36,8 @@ SETTINGS = {
     "one_gpu": {"grpo.micro_batches": 8, "policy.remat": "full"},
     # Full fine-tuning on an 8-chip slice (v4-8, v5e-8): parameters, Adam moments and the
     # batch over fsdp=8; a bfloat16 reference. At 8 questions x 8 hints the planner gives
-    # 16.2 GB a chip, over a v5e's 16 GB until the update's activations are batch-sharded
-    # (BENCHMARKS.md, "Memory planner"); fewer questions per step need less.
+    # 15.1 GB a chip: a v5e's 16 GB without headroom, until the update's activations are
+    # batch-sharded (BENCHMARKS.md, "Memory planner"); fewer questions per step need less.
     "fsdp": {"policy.remat": "full", "policy.reference_dtype": "bfloat16"},
     # LoRA rank 16 on one 16 GB chip: adapters trained on a bfloat16 base, which is also
     # the reference (adapters off).
