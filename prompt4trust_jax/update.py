@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx, struct
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from prompt4trust_jax import grpo
 from prompt4trust_jax import logprobs as logprobs_lib
@@ -258,7 +257,7 @@ def jit_train_step(state: TrainState, mesh: jax.sharding.Mesh, *, config: grpo.L
       functools.partial(_train_step, config=config, temperature=temperature,
                         micro_batches=micro_batches, group_size=group_size,
                         logprob_chunk=logprob_chunk,
-                        micro_sharding=NamedSharding(mesh, P(None, ("data", "fsdp")))),
+                        micro_sharding=sharding_lib.batch_sharding(mesh, leading=1)),
       in_shardings=(state_sh, sharding_lib.batch_sharding(mesh)),
       out_shardings=(state_sh, sharding_lib.replicated(mesh)), donate_argnums=0)
 
