@@ -29,14 +29,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # dtype: the update's compute dtype; param_dtype: how parameters are held (float32: the
   # master copy AdamW updates); sampling_dtype: rollouts' ("" = the same). remat: what each
   # layer keeps for the backward ("none", "dots": matmul outputs only, "full": nothing).
+  # scan_layers: the layers as one scan in training forwards and prefills (what fully
+  # sharded training needs: one layer's weights gathered at a time, activations batch-split).
   # The KL's frozen reference: reference_dtype ("" = the policy's parameters as they are,
   # or e.g. "bfloat16"), in host memory between rollouts when reference_host.
   # LoRA (lora_rank > 0): adapters of rank lora_rank, scale lora_alpha / rank, on the
   # comma-separated lora_targets ("" = every projection) are trained, the base is frozen
   # (param_dtype may then be bfloat16) and is also the reference (adapters off, no copy).
   c.policy = dict(path="", random_shape="tiny", dtype="float32", param_dtype="float32",
-                  sampling_dtype="", remat="none", reference_dtype="", reference_host=False,
-                  lora_rank=0, lora_alpha=32.0, lora_targets="")
+                  sampling_dtype="", remat="none", scan_layers=False, reference_dtype="",
+                  reference_host=False, lora_rank=0, lora_alpha=32.0, lora_targets="")
   # Sampling fields left unset (placeholders) come from the checkpoint's generation_config.json
   # (sampling_defaults="generation_config", as vLLM filled them for the original), or are
   # neutral ("neutral": top_k off, no repetition penalty).

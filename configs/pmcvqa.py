@@ -35,10 +35,11 @@ SETTINGS = {
     # Full fine-tuning on one 80 GB GPU: 8 micro-batches, each layer recomputed.
     "one_gpu": {"grpo.micro_batches": 8, "policy.remat": "full"},
     # Full fine-tuning on an 8-chip slice (v4-8, v5e-8): parameters, Adam moments and the
-    # batch over fsdp=8; a bfloat16 reference. At 8 questions x 8 hints the planner gives
-    # 15.1 GB a chip: a v5e's 16 GB without headroom, until the update's activations are
-    # batch-sharded (BENCHMARKS.md, "Memory planner"); fewer questions per step need less.
-    "fsdp": {"policy.remat": "full", "policy.reference_dtype": "bfloat16"},
+    # batch over fsdp=8, the layers scanned (one layer's weights gathered at a time, the
+    # activations split over the batch); a bfloat16 reference. At 8 questions x 8 hints the
+    # planner gives 8.3 GB a chip (BENCHMARKS.md, "Memory planner").
+    "fsdp": {"policy.remat": "full", "policy.scan_layers": True,
+             "policy.reference_dtype": "bfloat16"},
     # LoRA rank 16 on one 16 GB chip: adapters trained on a bfloat16 base, which is also
     # the reference (adapters off).
     "lora": {"policy.lora_rank": 16, "policy.lora_alpha": 32.0, "policy.param_dtype": "bfloat16",

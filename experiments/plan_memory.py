@@ -164,7 +164,8 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
   # AdamW moments, sharded by the rules.
   policy_cls, policy_cfg = _model_config(p, policy_shape, False, dtype=p.dtype,
                                          param_dtype=p.get("param_dtype") or "float32",
-                                         remat=p.get("remat", "none"))
+                                         remat=p.get("remat", "none"),
+                                         scan_layers=p.get("scan_layers", False))
   adapters = run_models.lora_config(p)
 
   def build(cfg):

@@ -51,7 +51,8 @@ def policy_model(section, workdir: str, seed: int, mesh=None):
   path = model_dir(section, workdir, seed, vision=False)
   model = models.from_pretrained(path, dtype=section.dtype,
                                  param_dtype=section.get("param_dtype") or "float32", mesh=mesh,
-                                 remat=section.get("remat", "none"))
+                                 remat=section.get("remat", "none"),
+                                 scan_layers=section.get("scan_layers", False))
   adapters = lora_config(section)
   if adapters is not None:
     lora.apply(model, adapters, nnx.Rngs(seed))

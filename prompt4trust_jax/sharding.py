@@ -97,10 +97,9 @@ def tree_shardings(params, mesh: Mesh | None, rules=PARAM_RULES):
 BATCH_AXES = ("data", "fsdp")  # the mesh axes examples are split over
 
 
-def batch_sharding(mesh: Mesh, leading: int = 0) -> NamedSharding:
-  """Examples split over every data-parallel device (data x fsdp); the rest replicated.
-  `leading` axes come before the batch axis (e.g. micro-batches)."""
-  return NamedSharding(mesh, P(*(None,) * leading, BATCH_AXES))
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Examples split over every data-parallel device (data x fsdp); the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -20,6 +20,7 @@ from prompt4trust_jax import grpo
 from prompt4trust_jax import logprobs as logprobs_lib
 from prompt4trust_jax import sharding as sharding_lib
 from prompt4trust_jax.models import kv_cache as kv_cache_lib
+from prompt4trust_jax.models import layers
 from prompt4trust_jax.models import lora
 from prompt4trust_jax.models import qwen2
 
@@ -181,21 +182,26 @@ def micro_split(batch: Batch, micro_batches: int, group_size: int = 1) -> Batch:
 
 def _train_step(state: TrainState, batch: Batch, *, config: grpo.LossConfig,
                 temperature: float = 1.0, micro_batches: int = 1, group_size: int = 1,
-                logprob_chunk: int | None = None, micro_sharding=None):
+                logprob_chunk: int | None = None, mesh: jax.sharding.Mesh | None = None):
   """One optimizer step on `batch`, accumulating gradients over `micro_batches` slices.
 
   As in TRL, each micro-batch's loss is normalised on its own and the gradients averaged
   (`micro_split` says which rows each holds). `group_size` G > 1 computes each group's
-  shared prompt once (`completion_logprobs`).
+  shared prompt once (`completion_logprobs`). With a `mesh`, each slice and the
+  activations of its forward stay split over the batch axes (`layers.batch_constraint`).
   """
+  if mesh is not None:
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return _train_step(state, batch, config=config, temperature=temperature,
+                         micro_batches=micro_batches, group_size=group_size,
+                         logprob_chunk=logprob_chunk)
   grad_fn = jax.value_and_grad(_loss_fn, has_aux=True)
   # One path for any number of slices (a one-slice scan compiles to straight-line code).
   # With several, each slice's backward runs inside the loop body, apart from the
   # optimizer's update: XLA:CPU's scheduler, given both in one block, keeps every layer's
   # rematerialised activations alive at once.
   split = micro_split(batch, micro_batches, group_size)
-  if micro_sharding is not None:  # each slice split over the batch axes, as the batch is
-    split = jax.lax.with_sharding_constraint(split, micro_sharding)
+  split = jax.tree.map(lambda x: layers.batch_constraint(x, leading=1), split)  # as the batch
 
   def accumulate(grads, micro):
     (_, metrics), g = grad_fn(state.params, state.frozen, state.graphdef, micro, config,
@@ -257,7 +263,7 @@ def jit_train_step(state: TrainState, mesh: jax.sharding.Mesh, *, config: grpo.L
       functools.partial(_train_step, config=config, temperature=temperature,
                         micro_batches=micro_batches, group_size=group_size,
                         logprob_chunk=logprob_chunk,
-                        micro_sharding=sharding_lib.batch_sharding(mesh, leading=1)),
+                        mesh=mesh),
       in_shardings=(state_sh, sharding_lib.batch_sharding(mesh)),
       out_shardings=(state_sh, sharding_lib.replicated(mesh)), donate_argnums=0)
 

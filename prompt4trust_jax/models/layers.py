@@ -12,7 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
+from prompt4trust_jax import sharding as sharding_lib
 from prompt4trust_jax.models import kv_cache as kv_cache_lib
 from prompt4trust_jax.models import rope
 
@@ -22,18 +24,42 @@ from prompt4trust_jax.models import rope
 # 1,120-token image prefix would otherwise hold 3.2 GB of float32 scores per layer. Exact
 # either way: each query's softmax sees all its keys, each token's MLP is its own.
 BLOCK_BYTES = 256 << 20
+_LOOP_FREE = False  # set by `unblocked()`
 
 
 @contextlib.contextmanager
 def unblocked():
-  """Traces attention and MLPs whole (no blocks) inside the block. For counting work: XLA's
-  cost analysis counts a loop's body once (`experiments.plan_memory`)."""
-  global BLOCK_BYTES
-  saved, BLOCK_BYTES = BLOCK_BYTES, float("inf")
+  """Traces without loops inside the block: attention and MLPs whole (no blocks), decoder
+  layers unrolled (no layer scan). For counting work: XLA's cost analysis counts a loop's
+  body once (`experiments.plan_memory`)."""
+  global BLOCK_BYTES, _LOOP_FREE
+  saved, BLOCK_BYTES, _LOOP_FREE = BLOCK_BYTES, float("inf"), True
   try:
     yield
   finally:
-    BLOCK_BYTES = saved
+    BLOCK_BYTES, _LOOP_FREE = saved, False
+
+
+def loop_free() -> bool:
+  """Whether tracing is inside `unblocked()`."""
+  return _LOOP_FREE
+
+
+def batch_constraint(x, leading: int = 0):
+  """`x` with its batch axis (after `leading` others, e.g. micro-batches) split over the batch axes (`sharding.BATCH_AXES`) of
+  the mesh it is traced under (`jax.set_mesh` / `jax.sharding.use_abstract_mesh`); unchanged
+  without one, or when those axes do not divide the batch.
+
+  Why: the embedding table is split along the model width, so a lookup's output is too, and
+  without a constraint XLA may keep every later layer width-split, each device computing
+  every row (the fsdp update did 8x the work and held 8x the activations on 8 devices)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  axes = tuple(a for a in sharding_lib.BATCH_AXES if mesh.shape.get(a, 1) > 1)
+  if not axes or x.shape[leading] % int(np.prod([mesh.shape[a] for a in axes])):
+    return x
+  return jax.lax.with_sharding_constraint(x, P(*(None,) * leading, axes))
 
 
 # Activation checkpointing of a layer: which of its intermediates the backward pass keeps.

@@ -34,6 +34,13 @@ class Qwen2Config:
   # What each layer keeps for the backward pass (`layers.REMAT_POLICIES`): "none" keeps
   # every activation, "full" recomputes the layer, "dots" keeps only matmul outputs.
   remat: str = "none"
+  # Run the layers as one `lax.scan` over their stacked weights in calls of several tokens a
+  # row (training forwards, prefills; a decode step of one token stays unrolled, where
+  # stacking weights and cache every token would copy them). Costs one stacked copy of the
+  # weights (and of their gradient) per call; buys a loop body that gathers one layer's
+  # sharded weights and reduces one layer's gradients at a time, with the activations kept
+  # split over the batch axes (`layers.batch_constraint`): what fully sharded training needs.
+  scan_layers: bool = False
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
 
@@ -150,12 +157,32 @@ class Qwen2Decoder(nnx.Module):
     else:
       cos_BxTxH, sin_BxTxH = rope.cos_sin(positions, cfg.head_dim, cfg.rope_theta)
     call = layers.remat(DecoderLayer.__call__, cfg.remat)
+    if cfg.scan_layers and x_BxTxD.shape[1] > 1 and not layers.loop_free():
+      return self._scanned(call, x_BxTxD, cos_BxTxH, sin_BxTxH, mask_BxTxS, cache, cache_index)
     new_cache = []
     for i, layer in enumerate(self.layers):
       x_BxTxD, layer_cache = call(layer, x_BxTxD, cos_BxTxH, sin_BxTxH, mask_BxTxS,
                                   None if cache is None else cache[i], cache_index)
       new_cache.append(layer_cache)
     return self.norm(x_BxTxD), (None if cache is None else tuple(new_cache))
+
+  def _scanned(self, call, x_BxTxD, cos_BxTxH, sin_BxTxH, mask_BxTxS, cache, cache_index):
+    """The layer loop as a scan over the layers' stacked variables (and caches)."""
+    stack = lambda *xs: jnp.stack(xs)
+    graphdef = nnx.graphdef(self.layers[0])
+    state_L = jax.tree.map(stack, *[nnx.state(layer) for layer in self.layers])
+    cache_L = None if cache is None else jax.tree.map(stack, *cache)
+
+    def body(x_BxTxD, layer_state_and_cache):
+      state, layer_cache = layer_state_and_cache
+      x_BxTxD, layer_cache = call(nnx.merge(graphdef, state), x_BxTxD, cos_BxTxH, sin_BxTxH,
+                                  mask_BxTxS, layer_cache, cache_index)
+      return layers.batch_constraint(x_BxTxD), layer_cache
+
+    x_BxTxD, cache_L = jax.lax.scan(body, layers.batch_constraint(x_BxTxD), (state_L, cache_L))
+    if cache is not None:
+      cache = tuple(jax.tree.map(lambda x: x[i], cache_L) for i in range(len(self.layers)))
+    return self.norm(x_BxTxD), cache
 
 
 def positions_from_mask(attention_mask_BxT: jax.Array) -> jax.Array:
