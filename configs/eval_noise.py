@@ -10,7 +10,7 @@ configs/eval_pmcvqa.py. configs/eval_demo.py runs every method together.
 """
 
 from configs import eval_demo
-from prompt4trust_jax import noise
+from prompt4trust_jax.evaluation import noise
 
 
 def get_config(arg: str | None = None):

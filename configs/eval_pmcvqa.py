@@ -22,7 +22,7 @@ public).
 """
 
 from configs import eval_demo
-from prompt4trust_jax import noise
+from prompt4trust_jax.evaluation import noise
 
 
 def get_config(arg: str | None = None):

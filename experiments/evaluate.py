@@ -3,7 +3,7 @@
 from absl import app, flags
 from ml_collections import config_flags
 
-from prompt4trust_jax import evaluate, host_memory
+from prompt4trust_jax import evaluation, host_memory
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/eval_demo.py",
                                           "Evaluation config file.")
@@ -14,7 +14,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "/tmp/prompt4trust_eval",
 def main(argv):
   del argv
   host_memory.retain_freed_memory()  # before JAX starts its thread pools
-  evaluate.run(_CONFIG.value, _WORKDIR.value)
+  evaluation.run(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ Parsers are chosen by name from `PARSERS`:
   MedMCQA patterns). Option numbers 1-4 become letters A-D; any other number makes the response
   invalid. The confidence is capped at 100 like the paper's.
 - "strict": a stricter, more robust reading, for analysis (see `parse_strict`).
-- "abstain": the paper's regexes with a fifth letter, E, the "I don't know" option that the
-  abstention evaluation adds to every question.
+More may be registered (`register_parser`): the abstention evaluation adds "abstain", the
+paper's regexes with a fifth letter (`evaluation/methods/abstain.py`).
 
 A response is valid only when both the letter and the confidence were read; `Parsed` keeps
 whichever half was found so failures can be inspected.
@@ -26,7 +26,8 @@ import re
 import numpy as np
 
 LETTERS = "ABCD"
-ABSTAIN_LETTERS = "ABCDE"  # E: "I don't know"
+# Every letter a parser may read, in option-index order (A=0, ...; E=4: a fifth option).
+OPTION_LETTERS = "ABCDEFGHIJ"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +45,8 @@ _PAPER_ANSWER = re.compile(r"answer is\s+([A-D])", re.IGNORECASE)
 _PAPER_CONFIDENCE = re.compile(r"confidence\s+(\d{1,3})", re.IGNORECASE)
 
 
-def _paper_style(answer_re: re.Pattern, text: str) -> Parsed:
+def paper_style(answer_re: re.Pattern, text: str) -> Parsed:
+  """The letter from `answer_re` and the paper's confidence regex."""
   answer = answer_re.search(text)
   confidence = _PAPER_CONFIDENCE.search(text)
   return _parsed(answer and answer.group(1).upper(),
@@ -52,14 +54,7 @@ def _paper_style(answer_re: re.Pattern, text: str) -> Parsed:
 
 
 def parse_paper(text: str) -> Parsed:
-  return _paper_style(_PAPER_ANSWER, text)
-
-
-_ABSTAIN_ANSWER = re.compile(r"answer is\s+([A-E])", re.IGNORECASE)
-
-
-def parse_abstain(text: str) -> Parsed:
-  return _paper_style(_ABSTAIN_ANSWER, text)
+  return paper_style(_PAPER_ANSWER, text)
 
 
 _MEDMCQA_ANSWER = re.compile(r"answer is \(?(\d+)\)?")
@@ -112,8 +107,13 @@ PARSERS: dict[str, Callable[[str], Parsed]] = {
     "paper": parse_paper,
     "medmcqa": parse_medmcqa,
     "strict": parse_strict,
-    "abstain": parse_abstain,
 }
+
+
+def register_parser(name: str, parser: Callable[[str], Parsed]):
+  if PARSERS.get(name, parser) is not parser:
+    raise ValueError(f"A different parser {name!r} is already registered.")
+  PARSERS[name] = parser
 
 
 def get_parser(name: str) -> Callable[[str], Parsed]:
@@ -131,7 +131,8 @@ def parse_batch(texts: Sequence[str],
                 parser: str = "paper") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Arrays for reward and metric code: `(letter_idx_B, confidence_B, valid_B)`.
 
-  letter_idx is int32 with A=0..D=3 (E=4 for the abstain parser), and -1 for an invalid response; confidence is float32,
+  letter_idx is int32 with A=0..D=3 (E=4 for a fifth option, `OPTION_LETTERS`), and -1 for an
+  invalid response; confidence is float32,
   0 for an invalid response (consult `valid`, never the placeholder); valid is bool.
   """
   if isinstance(texts, str):
@@ -139,7 +140,7 @@ def parse_batch(texts: Sequence[str],
   read = get_parser(parser)
   parsed = [read(t) for t in texts]
   valid_B = np.array([p.valid for p in parsed], dtype=np.bool_)
-  letter_idx_B = np.array([ABSTAIN_LETTERS.index(p.letter) if p.valid else -1 for p in parsed],
+  letter_idx_B = np.array([OPTION_LETTERS.index(p.letter) if p.valid else -1 for p in parsed],
                           dtype=np.int32)
   confidence_B = np.array([p.confidence if p.valid else 0.0 for p in parsed], dtype=np.float32)
   return letter_idx_B, confidence_B, valid_B

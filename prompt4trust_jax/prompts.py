@@ -62,18 +62,6 @@ MEDMCQA_DOWNSTREAM_INSTRUCTION = (
     "100.\n"
     "After giving the answer, explain your reasoning.")
 
-# The abstention evaluation: a fifth option on every question, and an instruction that offers it
-# (the original has no abstention evaluation, so both presets use this one).
-ABSTAIN_OPTION = "E:I don't know"
-ABSTAIN_INSTRUCTION = (
-    "You are answering a multiple-choice question with five options (A, B, C, D, or E). "
-    "Option E means that you do not know the answer: choose it instead of guessing.\n"
-    "Clearly state your final answer and confidence in the following format only:\n"
-    f"'{ANSWER_FORMAT}'\n"
-    "Replace {LETTER} with one of A, B, C, D, or E, and {CONFIDENCE} with a number between 0 "
-    "and 100.\n"
-    "After giving the answer, explain your reasoning based on the image and the question.")
-
 # The noise mitigation: the policy LLM cleans a noisy question before the downstream sees it.
 REWRITE_QUESTION_INSTRUCTION = (
     "The medical multiple-choice question below may contain typos, abbreviations, missing or "

@@ -4,7 +4,8 @@ import math
 
 import numpy as np
 
-from prompt4trust_jax import abstention, parsing, prompts
+from prompt4trust_jax import parsing
+from prompt4trust_jax.evaluation.methods import abstain as abstention
 
 
 def test_abstention_metrics_by_hand():
@@ -31,7 +32,7 @@ def test_nothing_answered_gives_nan_risk_not_an_error():
 
 def test_abstain_option_and_parser():
   example = {"id": "x", "question": "q", "options": ("A:a", "B:b", "C:c", "D:d"), "answer": 2}
-  assert abstention.with_abstain_option(example)["options"][-1] == prompts.ABSTAIN_OPTION
+  assert abstention.with_abstain_option(example)["options"][-1] == abstention.OPTION
   assert example["options"][-1] == "D:d"  # the input is left alone
   assert parsing.parse("In conclusion, the answer is E with confidence 40.", "abstain") == \
       parsing.Parsed("E", 0.4, True)
@@ -39,4 +40,4 @@ def test_abstain_option_and_parser():
   letter, _, _ = parsing.parse_batch(["the answer is E with confidence 1",
                                       "the answer is B with confidence 1"], "abstain")
   assert letter.tolist() == [4, 1]
-  assert "(A, B, C, D, or E)" in prompts.ABSTAIN_INSTRUCTION
+  assert "(A, B, C, D, or E)" in abstention.INSTRUCTION

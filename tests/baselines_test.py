@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt4trust_jax import baselines
+from prompt4trust_jax.evaluation.methods import consistency, entropy
 
 
 def test_consistency_and_average_confidence_by_hand():
@@ -19,7 +19,7 @@ def test_consistency_and_average_confidence_by_hand():
                           [0.3, 0.0, 0.0, 0.0, 0.0]])
   valid = jnp.array([[True, True, True, True, False], [False, True, True, True, True],
                      [True] * 5])
-  letter_B, csc_B, csa_B, valid_B = baselines.sample_consistency(letter, confidence, valid,
+  letter_B, csc_B, csa_B, valid_B = consistency.sample_consistency(letter, confidence, valid,
                                                                   valid="first")
   np.testing.assert_array_equal(letter_B, [1, -1, 2])
   np.testing.assert_allclose(csc_B, [0.5, 0.0, 0.0])
@@ -39,19 +39,19 @@ def test_consistency_as_the_original_csc_by_hand():
                           [0.3, 0.0, 0.0, 0.0, 0.0]])
   valid = jnp.array([[True, True, True, True, False], [False, False, True, False, True],
                      [True] * 5])
-  letter_B, csc_B, csa_B, valid_B = baselines.sample_consistency(letter, confidence, valid)
+  letter_B, csc_B, csa_B, valid_B = consistency.sample_consistency(letter, confidence, valid)
   np.testing.assert_array_equal(letter_B, [1, -1, 2])
   np.testing.assert_allclose(csc_B, [0.5, 0.5, 0.0])
   np.testing.assert_allclose(csa_B, [1.4 / (1.8 + 3e-12), 2e-12 / (1 + 3e-12), 0.0], rtol=1e-6)
   np.testing.assert_array_equal(valid_B, [False, False, True])
   with pytest.raises(ValueError, match="'some'"):
-    baselines.sample_consistency(letter, confidence, valid, valid="some")
+    consistency.sample_consistency(letter, confidence, valid, valid="some")
 
 
 def test_consistency_needs_two_samples():
   one = jnp.zeros((2, 1), jnp.int32)
   with pytest.raises(ValueError, match=">= 2 samples"):
-    baselines.sample_consistency(one, one.astype(jnp.float32), one.astype(bool))
+    consistency.sample_consistency(one, one.astype(jnp.float32), one.astype(bool))
 
 
 def test_entropy_confidence_by_hand():
@@ -61,7 +61,7 @@ def test_entropy_confidence_by_hand():
   # Q3: nothing valid -> invalid.
   letter = jnp.array([[0, 0, 1, 1, -1], [2, 2, 2, 2, 2], [0, 1, 2, 3, -1], [-1] * 5])
   valid = letter >= 0
-  letter_B, confidence_B, valid_B = baselines.entropy_confidence(letter, valid, 4)
+  letter_B, confidence_B, valid_B = entropy.entropy_confidence(letter, valid, 4)
   np.testing.assert_array_equal(letter_B, [0, 2, 0, -1])
   np.testing.assert_allclose(confidence_B, [1 - math.log(2) / math.log(4), 1.0, 0.0, 0.0],
                              atol=1e-6)
@@ -71,5 +71,5 @@ def test_entropy_confidence_by_hand():
 def test_entropy_with_three_of_four_agreeing():
   # p = (3/4, 1/4): H = -(0.75 ln 0.75 + 0.25 ln 0.25) = 0.562335; / ln 4 = 0.405639.
   letter = jnp.array([[3, 3, 1, 3]])
-  _, confidence_B, _ = baselines.entropy_confidence(letter, letter >= 0, 4)
+  _, confidence_B, _ = entropy.entropy_confidence(letter, letter >= 0, 4)
   np.testing.assert_allclose(confidence_B, [1 - 0.405639], atol=1e-5)

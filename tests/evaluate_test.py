@@ -11,8 +11,9 @@ from flax import nnx
 
 from configs import (demo, eval_abstain, eval_calibprompt, eval_demo, eval_noise, eval_pmcvqa,
                      eval_prompt_search)
-from prompt4trust_jax import (checkpoints, downstream, evaluate, fixtures, hints, models, noise,
+from prompt4trust_jax import (checkpoints, downstream, evaluation, fixtures, hints, models,
                               prompts, train)
+from prompt4trust_jax.evaluation import harness, noise, registry, run_store
 from prompt4trust_jax.models import tokenizer as tokenizer_lib
 
 
@@ -41,10 +42,10 @@ def _config(trained_dir, **eval_overrides):
 def test_every_method_is_scored_and_written(trained, tmp_path, capsys):
   workdir = str(tmp_path / "eval")
   config = _config(trained)
-  results = evaluate.run(config, workdir)
-  names = list(evaluate.METHODS) + [f"{m}@{c}" for c in ("gaussian_noise:3", "typo:3")
+  results = evaluation.run(config, workdir)
+  names = list(registry.methods()) + [f"{m}@{c}" for c in ("gaussian_noise:3", "typo:3")
                                     for m in ("no_hint", "prompt4trust", "rewrite")]
-  assert list(results) == evaluate.method_names(config) == names
+  assert list(results) == evaluation.method_names(config) == names
   with open(os.path.join(workdir, "results.json")) as f:
     saved = json.load(f)
   assert saved["num_items"] == 6 and list(saved["methods"]) == names
@@ -68,7 +69,7 @@ def test_every_method_is_scored_and_written(trained, tmp_path, capsys):
     search = json.load(f)
   assert search["best"] in [c["instruction"] for c in search["candidates"]]
   # Text noise reached what the downstream saw; image noise left the question alone.
-  typo, gaussian = (evaluate.RunStore(os.path.join(workdir, "runs", f"no_hint@{c}.jsonl")).items
+  typo, gaussian = (run_store.RunStore(os.path.join(workdir, "runs", f"no_hint@{c}.jsonl")).items
                     for c in ("typo:3", "gaussian_noise:3"))
   questions = {r["id"]: r["question"] for r in rows}
   assert any(typo[i]["question"] != questions[i] for i in questions)
@@ -87,7 +88,7 @@ def test_every_method_is_scored_and_written(trained, tmp_path, capsys):
 def test_interrupted_evaluation_resumes_without_recomputing(trained, tmp_path, monkeypatch):
   workdir = str(tmp_path / "eval")
   config = _config(trained, methods=("no_hint", "csc", "entropy"), corruptions=())
-  evaluate.run(config, workdir)
+  evaluation.run(config, workdir)
   with open(os.path.join(workdir, "results.json")) as f:
     uninterrupted = json.load(f)
   # A kill during the second batch of the samples run: its line for item 5 is cut short.
@@ -98,18 +99,19 @@ def test_interrupted_evaluation_resumes_without_recomputing(trained, tmp_path, m
     f.writelines(lines[:5])
     f.write(lines[5][:40])
   calls = []
-  answer = evaluate._answer
-  monkeypatch.setattr(evaluate, "_answer", lambda r, *a: calls.append(r.name) or answer(r, *a))
-  evaluate.run(config, workdir)
+  answer = harness.answer_batch
+  monkeypatch.setattr(harness, "answer_batch",
+                      lambda r, *a: calls.append(r.name) or answer(r, *a))
+  evaluation.run(config, workdir)
   assert calls == ["samples"]  # only the broken batch of the broken run
   # Item 4 of that batch is answered again, identically (the batch's key is fixed).
-  assert evaluate.RunStore(samples).items == {json.loads(x)["id"]: json.loads(x) for x in lines}
+  assert run_store.RunStore(samples).items == {json.loads(x)["id"]: json.loads(x) for x in lines}
   with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f) == uninterrupted
   # Answers made with other settings are never mixed into a resumed evaluation.
   config.eval.entropy_samples = 6
   with pytest.raises(ValueError, match="other \\['eval.entropy_samples'\\]"):
-    evaluate.run(config, workdir)
+    evaluation.run(config, workdir)
 
 
 def test_zero_shot_transfer_to_another_downstream(trained, tmp_path):
@@ -118,7 +120,7 @@ def test_zero_shot_transfer_to_another_downstream(trained, tmp_path):
                                          fixtures.vl_shape_config("tiny", qwen2_5=True), seed=7)
   config = _config(trained, methods=("no_hint", "prompt4trust"), corruptions=())
   config.downstream.path = other
-  results = evaluate.run(config, str(tmp_path / "eval"))
+  results = evaluation.run(config, str(tmp_path / "eval"))
   assert set(results) == {"no_hint", "prompt4trust"}
   with open(os.path.join(tmp_path, "eval", "results.json")) as f:
     assert json.load(f)["downstream"] == other
@@ -129,10 +131,10 @@ def test_a_released_hint_writer_needs_no_training_workdir(tiny_dir, tmp_path):
   config = _config("", methods=("prompt4trust",), corruptions=())
   config.policy.update(path=tiny_dir, train_workdir="")
   workdir = str(tmp_path / "eval")
-  evaluate.run(config, workdir)
+  evaluation.run(config, workdir)
   with open(os.path.join(workdir, "runs", "prompt4trust.jsonl")) as f:
     stored = {r["id"]: r["hint"] for r in map(json.loads, f)}
-  examples = evaluate._examples(config, workdir, config.data.split, config.data.num_examples)
+  examples = evaluation.examples(config, workdir, config.data.split, config.data.num_examples)
   policy, tok = models.from_pretrained(tiny_dir), models.load_tokenizer(tiny_dir)
   preset = prompts.preset(config.prompts.preset)
   want = hints.write(policy, tok, tokenizer_lib.stop_token_ids(tok, tiny_dir), examples,
@@ -155,37 +157,39 @@ def test_load_policy_restores_the_trained_parameters(trained):
 
 def test_plan_runs_each_pass_once_and_names_unknown_methods():
   methods = ("csc", "csa", "entropy", "entropy_prompt4trust", "logit_scaled")
-  runs = evaluate.plan(methods, 21, 40)
+  plan = lambda methods, **e: evaluation.plan(
+      dict(methods=methods, consistency_samples=21, entropy_samples=40, **e))
+  runs = plan(methods)
   # The original's entropy samples the downstream's own settings, without and with the hint.
   assert [(r.name, r.samples, r.sampling, r.hint, r.split) for r in runs] == [
       ("samples", 21, True, "none", "test"), ("entropy", 40, False, "none", "test"),
       ("entropy_prompt4trust", 40, False, "policy", "test"), ("logit", 1, False, "none", "test"),
       ("logit_val", 1, False, "none", "val")]
   # "consistency": entropy reads the CSC samples (one run of the larger count).
-  shared = evaluate.plan(("csc", "entropy"), 21, 40, entropy_sampling="consistency")
+  shared = plan(("csc", "entropy"), entropy_sampling="consistency")
   assert [(r.name, r.samples, r.sampling) for r in shared] == [("samples", 40, True)]
   with pytest.raises(ValueError, match="entropy_sampling='downstream'"):
-    evaluate.plan(("entropy_prompt4trust",), entropy_sampling="consistency")
-  assert [r.samples for r in evaluate.plan(("csa",), 21, 40)] == [21]
+    plan(("entropy_prompt4trust",), entropy_sampling="consistency")
+  assert [r.samples for r in plan(("csa",))] == [21]
   # Abstention compares with the no-hint answers, so it brings that run along.
-  assert [r.name for r in evaluate.plan(("abstain",))] == ["no_hint", "abstain"]
-  noisy = evaluate.plan((), corruptions=("typo:2",), noise_methods=("prompt4trust", "rewrite"))
-  assert [(r.name, r.hint, r.corruption, r.rewrite) for r in noisy] == [
-      ("prompt4trust@typo:2", "policy", "typo:2", False),
-      ("rewrite@typo:2", "none", "typo:2", True)]
+  assert [r.name for r in plan(("abstain",))] == ["no_hint", "abstain"]
+  noisy = plan((), corruptions=("typo:2",), noise_methods=("prompt4trust", "rewrite"))
+  assert [(r.name, r.hint, r.corruption, r.family) for r in noisy] == [
+      ("prompt4trust@typo:2", "policy", "typo:2", "direct"),
+      ("rewrite@typo:2", "none", "typo:2", "rewrite")]
   with pytest.raises(ValueError, match="Unknown evaluation methods \\['verbal'\\]"):
-    evaluate.plan(("verbal", "no_hint"))
+    plan(("verbal", "no_hint"))
   with pytest.raises(ValueError, match="Severity of 'typo' must be an int in 1..5, got 9"):
-    evaluate.plan(("no_hint",), corruptions=("typo:9",), noise_methods=("no_hint",))
+    plan(("no_hint",), corruptions=("typo:9",), noise_methods=("no_hint",))
 
 
 def test_run_store_drops_a_torn_last_line(tmp_path):
   path = str(tmp_path / "run.jsonl")
-  store = evaluate.RunStore(path)
+  store = run_store.RunStore(path)
   store.append([{"id": "a", "x": 1}, {"id": "b", "x": 2}])
   with open(path, "a") as f:
     f.write('{"id": "c", "x"')
-  reopened = evaluate.RunStore(path)
+  reopened = run_store.RunStore(path)
   assert set(reopened.items) == {"a", "b"} and reopened.done(["a", "b"])
   assert not reopened.done(["a", "c"])
   with open(path) as f:
@@ -197,10 +201,9 @@ def test_run_store_drops_a_torn_last_line(tmp_path):
 def test_configs_plan_their_methods(module):
   config = module.get_config()
   e = config.eval
-  runs = evaluate.plan(e.methods, e.consistency_samples, e.entropy_samples, e.corruptions,
-                       e.noise_methods)
+  runs = evaluation.plan(e)
   assert len({r.name for r in runs}) == len(runs)
-  names = evaluate.method_names(config)
+  names = evaluation.method_names(config)
   assert len(names) == len(set(names)) >= len(e.methods)
   if module is eval_noise:  # every corruption at three severities, per noise method
     assert len(names) == 2 + 3 * len(noise.CORRUPTIONS) * len(e.noise_methods)
@@ -215,6 +218,34 @@ def test_a_saved_instruction_is_reused_without_searching(trained, tmp_path, monk
                       lambda self, c: used.append(c.instruction) or with_config(self, c))
   config = _config(trained, methods=("prompt_search",), corruptions=())
   config.prompt_search.instruction_file = str(path)
-  evaluate.run(config, str(tmp_path / "eval"))
+  evaluation.run(config, str(tmp_path / "eval"))
   assert used == [json.loads(path.read_text())["best"]]
   assert not os.path.exists(tmp_path / "eval" / "prompt_search.json")  # no search ran
+
+
+def test_a_new_baseline_is_one_registered_family(trained, tmp_path, monkeypatch):
+  # A baseline defined outside the package: confidence 1/2 on the no-hint answers, whose
+  # run it shares with no_hint (planned once), scored with its own extra metric.
+  monkeypatch.setattr(registry, "FAMILIES", dict(registry.FAMILIES))
+
+  @registry.register("half")
+  class Half(registry.Family):
+    methods = ("half",)
+
+    def runs(self, methods, settings):
+      return [registry.Run("no_hint")]
+
+    def score(self, method, stored):
+      base = stored.first_answers("no_hint")
+      return registry.Scored(base.letter_B, np.full(len(stored.test), 0.5), base.valid_B,
+                             {"half/constant": 0.5})
+
+  with pytest.raises(ValueError, match="already registered"):
+    registry.register("half")(Half)
+  assert [r.name for r in evaluation.plan(dict(methods=("no_hint", "half")))] == ["no_hint"]
+  config = _config(trained, methods=("no_hint", "half"), corruptions=())
+  results = evaluation.run(config, str(tmp_path / "eval"))
+  assert results["half"]["half/constant"] == 0.5
+  assert results["half"]["all/accuracy"] == results["no_hint"]["all/accuracy"]
+  # ECE of a constant confidence: |accuracy - 1/2| (one bin holds every answer).
+  assert results["half"]["all/ece"] == pytest.approx(abs(results["half"]["all/accuracy"] - 0.5))

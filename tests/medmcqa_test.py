@@ -1,7 +1,7 @@
 """MedMCQA end to end: numbered options, answers read by number, train then evaluate."""
 
 from configs import medmcqa
-from prompt4trust_jax import data, downstream, evaluate, prompts, train
+from prompt4trust_jax import data, downstream, evaluation, prompts, train
 
 
 def test_medmcqa_trains_and_evaluates(tmp_path, monkeypatch):
@@ -26,12 +26,12 @@ def test_medmcqa_trains_and_evaluates(tmp_path, monkeypatch):
   c.eval.update(methods=("no_hint", "prompt4trust", "csc"),
                 corruptions=(), consistency_samples=3, entropy_samples=3, bootstrap_samples=20,
                 batch_size=4)
-  results = evaluate.run(c, str(tmp_path / "eval"))
-  assert set(results) == set(evaluate.method_names(c))
+  results = evaluation.run(c, str(tmp_path / "eval"))
+  assert set(results) == set(evaluation.method_names(c))
   assert results["no_hint"]["invalid_rate"] == 0  # structured: always a number 1-4
   # configs/medmcqa.py:eval's own method list plans (text methods, text noise only).
   full = medmcqa.get_config("eval")
-  assert "abstain" not in evaluate.method_names(full) and "typo:3" in full.eval.corruptions
+  assert "abstain" not in evaluation.method_names(full) and "typo:3" in full.eval.corruptions
 
 
 def test_medmcqa_prompt_and_labels():

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from prompt4trust_jax import plots
+from prompt4trust_jax.evaluation import plots
 
 
 def _method(seed, n=200):

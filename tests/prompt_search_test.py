@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from prompt4trust_jax import prompt_search
+from prompt4trust_jax.evaluation.methods import prompt_search
 
 
 def test_rank_key_prefers_accuracy_buckets_then_lower_ece():

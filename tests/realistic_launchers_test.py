@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from configs import demo, eval_demo
-from prompt4trust_jax import evaluate, train
+from prompt4trust_jax import evaluation, train
 
 
 def test_train_then_evaluate_on_realistic_checkpoints(realistic_policy_dir, realistic_vl_dir,
@@ -35,7 +35,7 @@ def test_train_then_evaluate_on_realistic_checkpoints(realistic_policy_dir, real
   c.eval.update(methods=("no_hint", "fixed_hint", "prompt4trust", "csc", "entropy_prompt4trust",
                          "logit"), corruptions=(), batch_size=2, consistency_samples=3,
                 entropy_samples=3, bootstrap_samples=20)
-  results = evaluate.run(c, str(tmp_path / "eval"))
-  assert set(results) == set(evaluate.method_names(c))
+  results = evaluation.run(c, str(tmp_path / "eval"))
+  assert set(results) == set(evaluation.method_names(c))
   for m, r in results.items():
     assert 0 <= r["all/accuracy"] <= 1, m

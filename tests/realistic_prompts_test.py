@@ -15,8 +15,9 @@ import pytest
 import transformers
 from PIL import Image
 
-from prompt4trust_jax import abstention, downstream, hints, models, prompt_search, prompts
+from prompt4trust_jax import downstream, hints, models, prompts
 from prompt4trust_jax import soft_prompt
+from prompt4trust_jax.evaluation.methods import abstain, prompt_search
 from tests import realistic
 
 # PMC-VQA's option cells end in a space; the question in this copy has stray spaces too.
@@ -114,12 +115,12 @@ def test_fixed_hint_abstain_and_searched_instruction(monkeypatch, answerer, proc
   instruction, hint = p.fixed_hint_setting()
   rows = _fed(monkeypatch, answerer, [item], [[hint]], preset="reference", instruction=instruction)
   _check(rows, [_expected(processor, p.fixed_hint(QUESTION, OPTIONS), image)])
-  abstain = abstention.with_abstain_option({"question": QUESTION, "options": OPTIONS})
+  abstain = abstain.with_abstain_option({"question": QUESTION, "options": OPTIONS})
   rows = _fed(monkeypatch, answerer, [downstream.Item(QUESTION, abstain["options"], image)], None,
-              preset="reference", instruction=prompts.ABSTAIN_INSTRUCTION, letters="ABCDE",
+              preset="reference", instruction=abstain.INSTRUCTION, letters="ABCDE",
               parser="abstain")
   _check(rows, [_expected(processor, p.downstream(QUESTION, abstain["options"], None,
-                                                  prompts.ABSTAIN_INSTRUCTION), image)])
+                                                  abstain.INSTRUCTION), image)])
   searched = "Answer with care.\n" + p.downstream_instruction
   rows = _fed(monkeypatch, answerer, [item], None, preset="reference", instruction=searched)
   _check(rows, [_expected(processor, p.downstream(QUESTION, OPTIONS, None, searched), image)])

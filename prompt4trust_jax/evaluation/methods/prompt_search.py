@@ -6,19 +6,28 @@ accuracy bucket first (accuracy floored to a multiple of `bucket`, higher is bet
 by the lowest ECE, so calibration decides only between instructions of about the same
 accuracy. The `top_k` best are kept as the next round's parents.
 
-`search` takes the proposer and the scorer as plain functions; `evaluate.py` wires them to
-the policy and the downstream, caches every score in the workdir (a resumed search never
-re-scores an instruction) and saves the best instruction for later evaluations.
+`search` takes the proposer and the scorer as plain functions. The `prompt_search` method
+wires them to the policy and the downstream on the validation split (`data.val_split`,
+settings in `config.prompt_search`), caches every score in the workdir
+(`prompt_search.json`: a resumed search never re-scores an instruction), saves the best
+instruction for later evaluations (`prompt_search.instruction_file` reuses one, no search)
+and answers the test split under it.
 """
 
 import dataclasses
+import json
 import math
+import os
 from collections.abc import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
 from flax import nnx
 
-from prompt4trust_jax import hints, prompts
+from prompt4trust_jax import calibration, downstream, hints, prompts
+from prompt4trust_jax.evaluation import registry
 
 REWRITE_INSTRUCTION = (
     "You improve instructions for a vision-language model that answers medical multiple-choice "
@@ -88,3 +97,67 @@ def llm_proposer(model: nnx.Module, tokenizer, eos_token_ids: Sequence[int], *, 
                           rng=jax.random.fold_in(jax.random.key(seed), round_index)).texts
 
   return propose
+
+
+@registry.register("prompt_search")
+class PromptSearch(registry.Family):
+  methods = ("prompt_search",)
+  extra_splits = ("val",)  # the search scores its candidates there
+
+  def runs(self, methods, settings):
+    return [registry.Run("prompt_search", family="prompt_search")]
+
+  def needs_policy(self, run, config):
+    return not config.prompt_search.get("instruction_file")
+
+  def elicitation(self, ctx, run):
+    return {"instruction": ctx.memo("searched_instruction", lambda: searched_instruction(ctx))}
+
+  def score(self, method, stored):
+    return stored.first_answers(method)
+
+
+def searched_instruction(ctx) -> str:
+  """The best instruction of a search on the validation split (cached in the workdir)."""
+  c = ctx.config.prompt_search
+  if c.get("instruction_file"):
+    with open(c.instruction_file) as f:
+      return json.load(f)["best"]
+  path = os.path.join(ctx.workdir, "prompt_search.json")
+  cache = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      cache = {x["instruction"]: x for x in json.load(f)["candidates"]}
+  examples = ctx.splits["val"][:c.num_examples or None]
+  base = ctx.elicitation(registry.Run("prompt_search"))  # as configured, before the search
+
+  def score(instruction: str) -> tuple[float, float]:
+    if instruction not in cache:
+      answerer = ctx.answerer.with_config(dataclasses.replace(base, instruction=instruction))
+      items = [downstream.Item.from_example(x) for x in examples]
+      out = answerer.answer(items, None, jax.random.key(ctx.config.seed))
+      gold = np.asarray([x["answer"] for x in examples])
+      m = calibration.summary(jnp.asarray(out.confidence), jnp.asarray(out.valid),
+                              jnp.asarray(out.letter_index == gold))
+      cache[instruction] = {"instruction": instruction, "accuracy": float(m["accuracy"]),
+                            "ece": float(m["ece"])}
+      _save(path, cache)
+    return cache[instruction]["accuracy"], cache[instruction]["ece"]
+
+  policy = ctx.policy
+  proposer = llm_proposer(policy.model, policy.tokenizer, policy.eos, seed=ctx.config.seed,
+                          max_new_tokens=c.max_new_tokens, temperature=c.temperature)
+  ranked = search(proposer, score, [ctx.config.downstream.get("instruction") or
+                                    ctx.preset.downstream_instruction],
+                  rounds=c.rounds, per_round=c.per_round, top_k=c.top_k, bucket=c.bucket)
+  _save(path, cache, best=ranked[0].instruction)
+  logging.info("prompt_search: best of %d candidates (accuracy %.3f, ECE %.3f)", len(ranked),
+               ranked[0].accuracy, ranked[0].ece)
+  return ranked[0].instruction
+
+
+def _save(path: str, cache: dict, best: str | None = None):
+  if jax.process_index() == 0:
+    with open(path + ".tmp", "w") as f:
+      json.dump({"best": best, "candidates": list(cache.values())}, f, indent=1)
+    os.replace(path + ".tmp", path)  # never a half-written cache

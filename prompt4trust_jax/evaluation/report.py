@@ -6,7 +6,8 @@ import os
 
 import numpy as np
 
-from prompt4trust_jax import parsing, plots
+from prompt4trust_jax import parsing
+from prompt4trust_jax.evaluation import plots
 
 
 def write(config, workdir: str, test, runs, answers, results, per_method):
@@ -16,7 +17,9 @@ def write(config, workdir: str, test, runs, answers, results, per_method):
   (letter_B, confidence_B, valid_B) of method m over `test`.
   """
   gold_B = np.asarray([x["answer"] for x in test])
-  letters = (config.downstream.get("letters") or parsing.LETTERS) + "E"  # E: abstained
+  # The data set's labels; a letter past them (an added option) by its index.
+  letters = config.downstream.get("letters") or parsing.LETTERS
+  letters += parsing.OPTION_LETTERS[len(letters):]
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump({"data": f"{config.data.name}:{config.data.split}", "num_items": len(test),
                "downstream": config.downstream.path or f"random {config.downstream.random_shape}",

@@ -1,7 +1,10 @@
-"""Confidences from several sampled answers to one question (the original's baselines).
+"""`csc`, `csa`: confidence from the agreement of sampled answers (the original's csc.py).
 
-Inputs are per question S sampled answers: `letter_BxS` (option index, -1 when the
-response did not parse), `confidence_BxS` (verbalized, in [0, 1]) and `valid_BxS`.
+The downstream is sampled `eval.consistency_samples` times per question at the baselines'
+`eval.sample_*` settings (the original's: 0.5 / 0.95 / top_k 100, 512 tokens, the text
+before the image), in one run that the entropy baseline may share. Inputs are per
+question S sampled answers: `letter_BxS` (option index, -1 when the response did not
+parse), `confidence_BxS` (verbalized, in [0, 1]) and `valid_BxS`.
 
 - Sample consistency (CSC) and average confidence (CSA): the answer is the first sample;
   CSC = share of the other S-1 samples that agree with it; CSA = the agreeing samples'
@@ -11,13 +14,14 @@ response did not parse), `confidence_BxS` (verbalized, in [0, 1]) and `valid_BxS
     first is unparsed the unparsed others "agree" with it: its CSC is their share and its
     CSA their tiny confidences over all (denominator + 1e-12, as there).
   - "first": valid when the first sample is; unparsed other samples disagree (confidence 0).
-- Entropy: the answer is the most frequent valid letter (ties: the lowest index) and the
-  confidence 1 - H(letter frequencies) / log(K) over the valid samples; no valid
-  sample is an invalid response.
 """
 
 import jax
 import jax.numpy as jnp
+
+from prompt4trust_jax.evaluation import registry
+
+SAMPLES_RUN = "samples"  # the sampled run's name (shared with `entropy`)
 
 
 INVALID_CONFIDENCE = 1e-12  # the original's confidence of an unparsed response
@@ -58,15 +62,19 @@ def _consistency_all_valid(letter_BxS, confidence_BxS, valid_BxS):
   return letter_BxS[:, 0], csc_B, csa_B, valid_BxS.all(axis=1)
 
 
-def entropy_confidence(letter_BxS: jax.Array, valid_BxS: jax.Array, num_options: int = 4
-                       ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """`(letter_B, confidence_B, valid_B)`: the modal letter and 1 - normalised entropy."""
-  counts_BxK = (jax.nn.one_hot(letter_BxS, num_options) * valid_BxS[..., None]).sum(axis=1)
-  n_B = counts_BxK.sum(axis=1)
-  valid_B = n_B > 0
-  p_BxK = counts_BxK / jnp.maximum(n_B, 1.0)[:, None]
-  entropy_B = -jnp.sum(jnp.where(p_BxK > 0, p_BxK * jnp.log(jnp.where(p_BxK > 0, p_BxK, 1.0)),
-                                 0.0), axis=1)
-  confidence_B = jnp.where(valid_B, 1.0 - entropy_B / jnp.log(num_options), 0.0)
-  letter_B = jnp.where(valid_B, jnp.argmax(counts_BxK, axis=1), -1)
-  return letter_B, confidence_B, valid_B
+@registry.register("consistency")
+class Consistency(registry.Family):
+  methods = ("csc", "csa")
+
+  def runs(self, methods, settings):
+    return [registry.Run(SAMPLES_RUN, samples=settings.get("consistency_samples", 21),
+                         sampling=True)]
+
+  def score(self, method, stored):
+    e = stored.config.eval
+    samples = stored.stores[SAMPLES_RUN]
+    letter, csc, csa, valid = sample_consistency(
+        *(jnp.asarray(samples.arrays(stored.test, k, e.consistency_samples))
+          for k in ("letters", "confidences", "valid")),
+        valid=e.get("consistency_valid", "all"))
+    return registry.Scored(letter, csc if method == "csc" else csa, valid)
