@@ -18,7 +18,8 @@ from absl import app, flags
 from PIL import Image
 
 from experiments import timing
-from prompt4trust_jax import downstream, fixtures, images
+from prompt4trust_jax import downstream, fixtures
+from prompt4trust_jax.models import qwen2_vl_images
 
 _SHAPE = flags.DEFINE_enum("shape", "small", ["tiny", "small"], "Model shape.")
 _IMAGES = flags.DEFINE_integer("images", 8, "Questions (one image each) per step.")
@@ -49,7 +50,7 @@ def _hf_answers_per_s(path, ds, items, hints, mode):
   model = transformers.AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
   rows, pixels, grids = [], [], []
   for item, row in zip(items, hints):
-    pv, grid = images.preprocess([item.image], ds.image_processor)
+    pv, grid = ds.preprocess_images([item])[0]
     for hint in row:
       rows.append(ds.prompt_ids(item, hint, grid))
       pixels.append(pv)
@@ -89,8 +90,9 @@ def main(argv):
   del argv
   timing.setup_host()
   path = tempfile.mkdtemp()
+  image_config = qwen2_vl_images.ImageConfig(max_pixels=_SIZE.value**2)
   fixtures.write_random_qwen2_vl(path, fixtures.vl_shape_config(_SHAPE.value),
-                                 image_config=images.ImageConfig(max_pixels=_SIZE.value**2))
+                                 image_config=image_config)
   items, hints = _work()
   answers = len(items) * len(hints[0])
   results = []

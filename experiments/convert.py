@@ -12,7 +12,7 @@
 from absl import app, flags
 from ml_collections import config_flags
 
-from prompt4trust_jax import checkpoints, models
+from prompt4trust_jax import checkpoints, fixtures, models
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The training run's config (with "
                                           "--train_workdir).")
@@ -29,8 +29,10 @@ def main(argv):
   if _TRAIN_WORKDIR.value is not None:
     if _CONFIG.value is None:
       raise app.UsageError("--train_workdir needs the run's --config (and its overrides).")
-    step = checkpoints.export_policy(_CONFIG.value, _TRAIN_WORKDIR.value, _OUT.value,
-                               dtype=_DTYPE.value)
+    # A demo run's policy is the random base the training launcher made in its workdir.
+    config = fixtures.with_random_models(_CONFIG.value, _TRAIN_WORKDIR.value)
+    step = checkpoints.export_policy(config, _TRAIN_WORKDIR.value, _OUT.value,
+                                     dtype=_DTYPE.value)
     print(f"wrote {_OUT.value} (rollout {step})")
     return
   if (_HF_DIR.value is None) == (_CKPT_DIR.value is None):

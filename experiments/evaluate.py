@@ -3,7 +3,7 @@
 from absl import app, flags
 from ml_collections import config_flags
 
-from prompt4trust_jax import evaluation, host_memory
+from prompt4trust_jax import evaluation, fixtures, host_memory
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/eval_demo.py",
                                           "Evaluation config file.")
@@ -14,7 +14,8 @@ _WORKDIR = flags.DEFINE_string("workdir", "/tmp/prompt4trust_eval",
 def main(argv):
   del argv
   host_memory.retain_freed_memory()  # before JAX starts its thread pools
-  evaluation.run(_CONFIG.value, _WORKDIR.value)
+  # The demos' random models (unset paths) are made here, as training's launcher made them.
+  evaluation.run(fixtures.with_random_models(_CONFIG.value, _WORKDIR.value), _WORKDIR.value)
 
 
 if __name__ == "__main__":

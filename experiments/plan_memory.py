@@ -242,7 +242,7 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
     params = sampling.SamplingParams(d.temperature, d.get("top_k") or 0, d.top_p, (1,), 0,
                                      d.get("repetition_penalty") or 1.0)
     M = d.max_new_tokens
-    program = _downstream_answer(vl_graphdef, G, prefix + suffix + M, M, params)
+    program = _downstream_answer(vl_graphdef, G, M, params)
     answer = lambda: _compile(program.lower(
         vl_params, sds((Q, prefix), jnp.int32), sds((Q, prefix), jnp.int32),
         sds((3, Q, prefix), jnp.int32),
@@ -329,20 +329,19 @@ def _decode_step_flops(graphdef, params, B, cache_length, max_new_tokens, sampli
                                                      steps=1, params=sampling_params)))
 
 
-def _downstream_answer(graphdef, G, cache_length, max_new_tokens, params):
+def _downstream_answer(graphdef, G, max_new_tokens, params):
   """Prefill of shared prefixes and per-hint suffixes, then the decode loop, as one program."""
   import jax
   from flax import nnx
 
-  from prompt4trust_jax import downstream, head_layout, sampling
+  from prompt4trust_jax import head_layout, sampling
 
   def answer(weights, tokens, mask, positions, image_embeds, suffix_tokens, suffix_mask, rng):
     model = nnx.merge(graphdef, weights)
     head = head_layout.decode_head(model)
-    s = downstream._prefill_and_emit(
-        graphdef, weights, head, tokens, mask, positions, image_embeds, suffix_tokens,
-        suffix_mask, rng, None, copies=G, cache_length=cache_length,
-        max_new_tokens=max_new_tokens, params=params)
+    s = sampling.start(model, tokens, mask, rng, positions, image_embeds, head,
+                       max_new_tokens=max_new_tokens, params=params, copies=G,
+                       suffix_BxT=suffix_tokens, suffix_mask_BxT=suffix_mask)
     s = sampling.decode(model, s, rng, params, head, max_new_tokens - 1)
     return s.tokens_BxN, s.lengths_B
 

@@ -3,7 +3,7 @@
 from absl import app, flags
 from ml_collections import config_flags
 
-from prompt4trust_jax import host_memory, train
+from prompt4trust_jax import fixtures, host_memory, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/prompt4trust_demo", "Checkpoints and logs.")
@@ -12,7 +12,9 @@ _WORKDIR = flags.DEFINE_string("workdir", "/tmp/prompt4trust_demo", "Checkpoints
 def main(argv):
   del argv
   host_memory.retain_freed_memory()  # before JAX starts its thread pools
-  metrics = train.run(_CONFIG.value, _WORKDIR.value)
+  # The demos' random models (unset paths) are made here, once per workdir, not by the loop.
+  config = fixtures.with_random_models(_CONFIG.value, _WORKDIR.value)
+  metrics = train.run(config, _WORKDIR.value)
   print("final: " + " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
 
 

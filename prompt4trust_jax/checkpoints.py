@@ -50,7 +50,7 @@ def export_policy(config: ml_collections.ConfigDict, workdir: str, out_dir: str,
   """Writes the policy a training run saved at `step` (default: latest) as a hub-layout
   safetensors directory (LoRA adapters merged), with the base checkpoint's tokenizer and
   config files. Returns the step exported."""
-  policy, _, _, path = run_models.policy_model(config.policy, workdir, config.seed)
+  policy, _, _, path = run_models.policy_model(config.policy, config.seed)
   step = load_policy(workdir, policy, step)
   models.export_hf(policy, out_dir, source_dir=path, dtype=dtype)
   return step

@@ -126,6 +126,17 @@ def completion_of(trie: ChoiceTrie, node: int) -> int:
   return index
 
 
+def first_branch(trie: ChoiceTrie) -> tuple[list[int], int]:
+  """Host side: (the tokens every completion starts with, the first node with several
+  children; a leaf if none has), walking from the root."""
+  child_token, child_node = np.asarray(trie.child_token), np.asarray(trie.child_node)
+  node, forced = 0, []
+  while (child_token[node] >= 0).sum() == 1:
+    forced.append(int(child_token[node, 0]))
+    node = int(child_node[node, 0])
+  return forced, node
+
+
 def structured_answer_completions(letters: str = parsing.LETTERS,
                                   max_confidence: int = 100) -> list[str]:
   """`prompts.ANSWER_FORMAT` for every letter and integer confidence 0..max_confidence.

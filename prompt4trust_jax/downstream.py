@@ -16,10 +16,12 @@ For G hints per question the image is encoded once and the shared prefix (image,
 instruction, question, options) prefilled once; the G rows then attend to its cache
 as a shared prefix (`sampling.share`) and only the hints are prefilled per row
 (`share_prefix=False` is the naive path).
+
+The model is any `models.protocol.DecoderModel` (`MultimodalModel` for images); its family's
+image processor comes from the registry (`models.families`), so no family is named here.
 """
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -30,8 +32,9 @@ from flax import nnx
 
 from prompt4trust_jax import (config_sections, constraints, head_layout, images, padding, parsing,
                               prompts, sampling)
-from prompt4trust_jax.models import generation_config, qwen2
+from prompt4trust_jax.models import families, generation_config
 from prompt4trust_jax.models import tokenizer as tokenizer_lib
+from prompt4trust_jax.models.protocol import DecoderModel, MultimodalModel
 
 MODES = ("verbalized", "structured", "logit")
 
@@ -105,8 +108,10 @@ class Answers(NamedTuple):
 class Downstream:
   """A frozen (M)LLM that answers `Item`s under the configured elicitation mode."""
 
-  def __init__(self, model: nnx.Module, tokenizer, image_processor=None,
+  def __init__(self, model: DecoderModel, tokenizer, image_processor=None,
                config: ElicitationConfig = ElicitationConfig()):
+    """`image_processor`: what the model family's `processor_from_pretrained` returns
+    (`models.families`), or None for a model without images."""
     self.model, self.tokenizer, self.config = model, tokenizer, config
     self.image_processor = image_processor
     self.eos_token_ids = tuple(tokenizer_lib.stop_token_ids(tokenizer))
@@ -121,14 +126,20 @@ class Downstream:
       self.branch_letters = _branch_letters(self.trie, [c.split(" is ")[1][0] for c in completions],
                                             config.letters)
 
+  @property
+  def image_processing(self):
+    """The model family's image processing (`protocol.ImageProcessing`), or None."""
+    return families.of(self.model).images if isinstance(self.model, MultimodalModel) else None
+
   @classmethod
   def from_pretrained(cls, path: str, config: ElicitationConfig = ElicitationConfig(),
                       dtype: str = "float32", mesh=None, min_pixels=None, max_pixels=None):
     from prompt4trust_jax import models
     model = models.from_pretrained(path, dtype=dtype, mesh=mesh)
+    processing = families.of(model).images
     processor = None
-    if hasattr(model, "multimodal_inputs"):
-      processor = images.image_processor_from_pretrained(path, min_pixels, max_pixels)
+    if processing is not None:
+      processor = processing.processor_from_pretrained(path, min_pixels, max_pixels)
     return cls(model, models.load_tokenizer(path), processor, config)
 
   def with_config(self, config: ElicitationConfig) -> "Downstream":
@@ -152,7 +163,7 @@ class Downstream:
     grids = [None if im is None else im[1] for im in per_item]
     whole = [[self.prompt_ids(item, hint, grid) for hint in row]
              for item, row, grid in zip(items, hints, grids)]
-    image_id = getattr(self.model.config, "image_token_id", None)
+    image_id = self.model.image_token_id if isinstance(self.model, MultimodalModel) else None
     split = [_shared_split(rows, image_id if grid is not None else None)
              for rows, grid in zip(whole, grids)]
     if cfg.share_prefix and all(s is not None for s in split):
@@ -172,15 +183,16 @@ class Downstream:
   # -- host-side preparation ---------------------------------------------------------
 
   def preprocess_images(self, items) -> list[tuple[np.ndarray, np.ndarray] | None]:
-    """Per item: `(pixel_values, image_grid_thw)` of its image, or None."""
+    """Per item: `(pixel_values, image_grid)` of its image (the family's processor), or None."""
     loaded = [None if it.image is None else images.load_image(it.image) for it in items]
     if all(im is None for im in loaded):
       return [None] * len(items)
-    if self.image_processor is None or not hasattr(self.model, "multimodal_inputs"):
+    processing = self.image_processing
+    if self.image_processor is None or processing is None:
       raise ValueError("Items carry images but this downstream model takes none.")
     if any(im is None for im in loaded):
       raise ValueError("Either every item or no item must carry an image.")
-    return [images.preprocess([im], self.image_processor) for im in loaded]
+    return [processing.preprocess([im], self.image_processor) for im in loaded]
 
   def prompt_text(self, item: Item, hint: str | None, with_image: bool) -> str:
     """The chat-rendered prompt of `item` (image placeholder unexpanded)."""
@@ -195,17 +207,11 @@ class Downstream:
 
   def prompt_ids(self, item: Item, hint: str | None, grid) -> list[int]:
     """Ids of the whole chat prompt, the text tokenized at once and the image placeholder
-    expanded to the image's tokens (exactly what transformers' Qwen2-VL processor gives)."""
+    expanded to the image's tokens by the model (`expand_image_placeholders`; `grid` is
+    the image's from `preprocess_images`)."""
     ids = list(self.tokenizer.encode(self.prompt_text(item, hint, grid is not None),
                                      add_special_tokens=False))
-    if grid is not None:
-      image_id = self.model.config.image_token_id
-      if ids.count(image_id) != 1:
-        raise ValueError("The chat template must render exactly one image placeholder per item.")
-      at = ids.index(image_id)
-      n = images.num_image_tokens(grid[0], self.model.config.vision.merge_size)
-      ids = ids[:at] + [image_id] * n + ids[at + 1:]
-    return ids
+    return ids if grid is None else self.model.expand_image_placeholders(ids, grid)
 
   def _start(self, prefixes, suffixes, copies, per_item, image_rows, rng):
     """Pads and places the prompts (row r of `prefixes` shows item `image_rows[r]`'s image)."""
@@ -219,20 +225,19 @@ class Downstream:
       grids = np.concatenate([per_item[i][1] for i in image_rows])
       positions, image_embeds = self.model.multimodal_inputs(tokens, mask, pixels, grids)
     suffix_tokens = suffix_mask = None
-    suffix_length = 0
     if suffixes is not None:
-      suffix_length = padding.bucket_length(max(map(len, suffixes)))
       # Forking repeats each padded prefix row, so suffix rows follow the same layout.
-      suffix_tokens, suffix_mask = padding.left_pad(suffixes, suffix_length, batch * copies,
-                                                     self.pad_token_id)
+      suffix_tokens, suffix_mask = padding.left_pad(
+          suffixes, padding.bucket_length(max(map(len, suffixes))), batch * copies,
+          self.pad_token_id)
     max_new = self.trie.max_depth if self.trie is not None else cfg.max_new_tokens
     # Verbalized answers start with GROW_SLOTS cache slots (`decode_growing` adds more).
     first = max_new if self.trie is not None else min(max_new, sampling.GROW_SLOTS)
     graphdef, state = nnx.split(self.model)
-    return _prefill_and_emit(graphdef, state, head_layout.decode_head(self.model), tokens, mask,
-                             positions, image_embeds, suffix_tokens, suffix_mask, rng, self.trie,
-                             copies=copies, cache_length=tokens.shape[1] + suffix_length + first,
-                             max_new_tokens=max_new, params=self._params())
+    return sampling.compiled_start(
+        graphdef, state, tokens, mask, rng, positions, image_embeds,
+        head_layout.decode_head(self.model), suffix_tokens, suffix_mask, self.trie,
+        max_new_tokens=max_new, params=self._params(), copies=copies, slots=first)
 
   def _params(self) -> sampling.SamplingParams:
     cfg = self.config
@@ -305,9 +310,7 @@ def _branch_letters(trie: constraints.ChoiceTrie, completion_letters: list[str],
   """For the first node with several children: the letter index behind each child."""
   child_token, child_node = np.asarray(trie.child_token), np.asarray(trie.child_node)
   leaf = np.asarray(trie.leaf_completion)
-  node = 0
-  while (child_token[node] >= 0).sum() == 1:
-    node = child_node[node, 0]
+  _, node = constraints.first_branch(trie)
   order = []
   for child in child_node[node][child_token[node] >= 0]:
     while leaf[child] < 0:
@@ -316,33 +319,3 @@ def _branch_letters(trie: constraints.ChoiceTrie, completion_letters: list[str],
   if sorted(order) != list(range(len(letters))):
     raise ValueError("The answer letters do not branch at one token; use one-token letters.")
   return np.asarray(order)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "copies", "cache_length",
-                                             "max_new_tokens", "params"))
-def _prefill_and_emit(graphdef, state, head_DxV, tokens_QxP, mask_QxP, positions,
-                      image_embeds_IxD, suffix_BxT, suffix_mask_BxT, rng, trie, *, copies: int,
-                      cache_length: int, max_new_tokens: int,
-                      params: sampling.SamplingParams) -> sampling.DecodeState:
-  """Prefills prefixes, shares each with `copies` rows, prefills suffixes, emits a token."""
-  model = nnx.merge(graphdef, state)
-  Q, P = tokens_QxP.shape
-  children = 1 if trie is None else trie.child_token.shape[1]
-  # Shared prefixes get only their own slots; the rows' slots come with `share`.
-  s = sampling.init_state(model, Q, P if copies > 1 else cache_length, max_new_tokens, children,
-                          params.pad_token_id, track_seen=params.penalized)
-  if positions is None:
-    positions = qwen2.positions_from_mask(mask_QxP)
-  h_QxD, s = sampling.prefill(model, s, model.embed(tokens_QxP, image_embeds_IxD), positions,
-                              mask_QxP, tokens_QxP)
-  s = s.replace(done_B=~mask_QxP.any(axis=-1))
-  if copies > 1:
-    s = sampling.share(s, copies, cache_length - P)
-    h_QxD = jnp.repeat(h_QxD, copies, axis=0)
-  if suffix_BxT is not None:
-    suffix_positions = s.position_B[:, None] + jnp.cumsum(suffix_mask_BxT, axis=-1) - 1
-    h_BxD, s = sampling.prefill(model, s, model.embed(suffix_BxT), suffix_positions,
-                                suffix_mask_BxT, suffix_BxT)
-    # A row whose suffix is empty answers from its prefix's last hidden state.
-    h_QxD = jnp.where(suffix_mask_BxT.any(axis=-1)[:, None], h_BxD, h_QxD)
-  return sampling.emit(s, model.logits(h_QxD, head_DxV), jax.random.fold_in(rng, 0), params, trie)

@@ -5,15 +5,17 @@ with Qwen's special tokens and ChatML chat template, trained on a few sentences,
 a randomly initialised model exported through the same code path as a trained one.
 """
 
+import os
+
 from flax import nnx
 import tokenizers
 from tokenizers import decoders, models as tok_models, pre_tokenizers, trainers
 import transformers
 
-from prompt4trust_jax import images
 from prompt4trust_jax.models import checkpoint
 from prompt4trust_jax.models import qwen2
 from prompt4trust_jax.models import qwen2_vl
+from prompt4trust_jax.models import qwen2_vl_images
 from prompt4trust_jax.models import vision
 
 # Benchmark shapes (issue #2), tied embeddings.
@@ -99,12 +101,36 @@ def vl_shape_config(name: str, qwen2_5: bool = False, **dtypes) -> qwen2_vl.Qwen
                                 **ids)
 
 
-def write_random_qwen2_vl(out_dir: str, config: qwen2_vl.Qwen2VLConfig, seed: int = 0,
-                          image_config: images.ImageConfig = images.ImageConfig(
-                              max_pixels=224 * 224)) -> str:
+def write_random_qwen2_vl(
+    out_dir: str, config: qwen2_vl.Qwen2VLConfig, seed: int = 0,
+    image_config: qwen2_vl_images.ImageConfig = qwen2_vl_images.ImageConfig(max_pixels=224 * 224)
+) -> str:
   """A random Qwen2-VL checkpoint + tokenizer + image processor in hub layout at `out_dir`."""
   model = qwen2_vl.Qwen2VLForConditionalGeneration(config, rngs=nnx.Rngs(seed))
   checkpoint.export_hf(model, out_dir)
   write_tokenizer(out_dir, config.vocab_size)
-  images.image_processor(image_config).save_pretrained(out_dir)
+  qwen2_vl_images.processor(image_config).save_pretrained(out_dir)
   return out_dir
+
+
+def with_random_models(config, workdir: str):
+  """`config` (a copy) with every unset model path (`policy.path`, `downstream.path`) set to
+  a random checkpoint of its section's `random_shape`, written once under
+  `<workdir>/random_models/` (the policy's under `policy.train_workdir` when an evaluation
+  names one: the base its training started from). What the launchers call before training
+  or evaluating the embedded demos; the loop and the harness only read paths."""
+  config = config.copy_and_resolve_references()
+  p, d = config.policy, config.downstream
+  seed = config.seed
+  if not p.path:
+    out = os.path.join(p.get("train_workdir") or workdir, "random_models",
+                       f"qwen2_{p.random_shape}")
+    if not os.path.exists(os.path.join(out, "config.json")):
+      write_random_qwen2(out, shape_config(p.random_shape), seed)
+    p.path = out
+  if not d.path:
+    out = os.path.join(workdir, "random_models", f"qwen2_vl_{d.random_shape}")
+    if not os.path.exists(os.path.join(out, "config.json")):
+      write_random_qwen2_vl(out, vl_shape_config(d.random_shape), seed)
+    d.path = out
+  return config

@@ -5,8 +5,10 @@ import weakref
 import jax
 import jax.numpy as jnp
 
+from prompt4trust_jax.models.protocol import DecoderModel
 
-def decode_head(model) -> jax.Array:
+
+def decode_head(model: DecoderModel) -> jax.Array:
   """The LM head `[D, V]` laid out for a decode loop (inside or outside `jit`).
 
   XLA:CPU reads a transposed matrix operand ~1.7x slower, and a tied head is the
@@ -14,8 +16,7 @@ def decode_head(model) -> jax.Array:
   `jit` that copy is made once per embedding table and reused while the table lives
   (`_transposed_head`): a frozen model pays it once, not once per call or chunk.
   """
-  tied = getattr(model, "tied_embedding", None)  # optional in the sampler's model protocol
-  table_VxD = tied() if tied is not None else None
+  table_VxD = model.tied_embedding()
   if table_VxD is None or jax.default_backend() != "cpu":
     return model.lm_head_kernel()
   if isinstance(table_VxD, jax.core.Tracer):

@@ -1,31 +1,26 @@
-"""The models a run's config names: checkpoint directories (or random ones made once in the
-workdir, for the demos and tests), the policy as training holds it (dtypes, LoRA adapters)
-and its sampling settings. Training and evaluation both start here.
+"""The models a run's config names: checkpoint directories, the policy as training holds it
+(dtypes, LoRA adapters) and its sampling settings. Training and evaluation both start here.
+Random checkpoints for the demos are made before, by the launchers
+(`fixtures.with_random_models`).
 """
-
-import os
 
 import jax
 from flax import nnx
 
-from prompt4trust_jax import fixtures, models, sharding
+from prompt4trust_jax import models, sharding
 from prompt4trust_jax.models import generation_config
 from prompt4trust_jax.models import lora
 from prompt4trust_jax.models import tokenizer as tokenizer_lib
 
 
-def model_dir(section, workdir: str, seed: int, vision: bool) -> str:
-  """The configured checkpoint, or a random one of `random_shape` made once in the workdir."""
-  if section.path:
-    return section.path
-  kind = "qwen2_vl" if vision else "qwen2"
-  out = os.path.join(workdir, "random_models", f"{kind}_{section.random_shape}")
-  if not os.path.exists(os.path.join(out, "config.json")):
-    if vision:
-      fixtures.write_random_qwen2_vl(out, fixtures.vl_shape_config(section.random_shape), seed)
-    else:
-      fixtures.write_random_qwen2(out, fixtures.shape_config(section.random_shape), seed)
-  return out
+def model_dir(section, name: str) -> str:
+  """The checkpoint directory of config section `name` (`policy`, `downstream`)."""
+  if not section.get("path"):
+    raise ValueError(f"{name}.path is unset: set it to a hub-layout checkpoint directory, or "
+                     f"launch through experiments/train.py or experiments/evaluate.py, which "
+                     f"make a random {name} of {name}.random_shape for the demos "
+                     "(fixtures.with_random_models).")
+  return section.path
 
 
 def policy_sampling(section, path: str) -> dict:
@@ -44,11 +39,11 @@ def lora_config(section) -> lora.LoRAConfig | None:
                          tuple(t.strip() for t in targets.split(",") if t.strip()))
 
 
-def policy_model(section, workdir: str, seed: int, mesh=None):
+def policy_model(section, seed: int, mesh=None):
   """`(model, tokenizer, stop ids, path)` of the policy as training holds it: parameters in
   `section.param_dtype` (float32: the master copy; `section.dtype` is the compute dtype),
   with zero-initialised LoRA adapters (float32) when `section.lora_rank` is set."""
-  path = model_dir(section, workdir, seed, vision=False)
+  path = model_dir(section, "policy")
   model = models.from_pretrained(path, dtype=section.dtype,
                                  param_dtype=section.get("param_dtype") or "float32", mesh=mesh,
                                  remat=section.get("remat", "none"),

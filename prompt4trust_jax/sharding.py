@@ -1,9 +1,10 @@
 """Device meshes and where parameters live on them.
 
 Mesh axes: `data` (batch), `fsdp` (parameters and batch), `tensor` (heads / MLP
-width). Parameters are placed by regex rules on their dotted path; an axis that is
-absent from the mesh or does not divide a dimension is dropped (that dimension is
-replicated), so one rule table serves every mesh from one CPU to a pod slice.
+width). Parameters are placed by regex rules on their dotted path, which each model family
+declares beside its model (`param_rules`); an axis that is absent from the mesh or does not
+divide a dimension is dropped (that dimension is replicated), so one rule table serves every
+mesh from one CPU to a pod slice.
 """
 
 import re
@@ -14,31 +15,26 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# Matrices are [in, out]; the embedding table is [V, D]. Column-parallel projections (out
-# split over `tensor`) feed row-parallel ones (in split over `tensor`), so a block's
-# activations are split over `tensor` between them and gathered once after.
-_DECODER_RULES = (
-    (r"embed_tokens\.embedding$", P("tensor", "fsdp")),
-    (r"lm_head\.kernel$", P("fsdp", "tensor")),
-    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)\.kernel$", P("fsdp", "tensor")),
-    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)\.bias$", P("tensor")),
-    (r"(o_proj|down_proj)\.kernel$", P("tensor", "fsdp")),
-)
-# The Qwen2-VL vision tower (its Qwen2.5-VL MLP is the decoder's SwiGLU, above): fused qkv
-# and fc1 column-parallel, the attention output and fc2 row-parallel; the patch embedding
-# (1.5M parameters) replicated.
-_VISION_RULES = (
-    (r"(attn\.qkv|mlp\.fc1|merger\.fc1)\.kernel$", P("fsdp", "tensor")),
-    (r"(attn\.qkv|mlp\.fc1|merger\.fc1)\.bias$", P("tensor")),
-    (r"(attn\.proj|mlp\.fc2|merger\.fc2)\.kernel$", P("tensor", "fsdp")),
-    (r"patch_embed$", P()),
-)
-# Every parameter of two or more dimensions has a rule above (tests/sharding_test.py checks
-# each family); what falls through is a norm scale or a bias, replicated.
-PARAM_RULES = _DECODER_RULES + _VISION_RULES + (
+# After every family's own rules (`param_rules`): what any family may carry.
+_SHARED_RULES = (
     (r"lora_(a|b)$", P()),  # LoRA adapters: rank 8-64, small enough to replicate
-    (r".*", P()),
+    (r".*", P()),  # norm scales and biases: replicated
 )
+
+
+def param_rules() -> tuple[tuple[str, P], ...]:
+  """Every registered family's partition rules (`models/families.py`, each family's own beside
+  its model), in registry order without repeats, then the shared ones; the first match wins.
+
+  Every parameter of two or more dimensions of every family has a rule before the
+  replicated default (tests/sharding_test.py checks each family).
+  """
+  # Imported here: the models import this module (`BATCH_AXES`), so it cannot import them first.
+  from prompt4trust_jax.models import families
+  rules = []
+  for family in families.FAMILIES.values():
+    rules += [rule for rule in family.partition_rules if rule not in rules]
+  return tuple(rules) + _SHARED_RULES
 
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> Mesh:
@@ -68,11 +64,12 @@ def fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
   return P(*fitted)
 
 
-def param_sharding(path: str, shape: tuple[int, ...], mesh: Mesh | None, rules=PARAM_RULES):
-  """The sharding of one parameter (a single device when there is no mesh)."""
+def param_sharding(path: str, shape: tuple[int, ...], mesh: Mesh | None, rules=None):
+  """The sharding of one parameter (a single device when there is no mesh); `rules` None:
+  `param_rules()`."""
   if mesh is None:
     return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  for pattern, spec in rules:
+  for pattern, spec in param_rules() if rules is None else rules:
     if re.search(pattern, path):
       return NamedSharding(mesh, fit_spec(spec, shape, mesh))
   raise ValueError(f"No sharding rule matches parameter {path}.")
@@ -88,8 +85,9 @@ def dotted_path(path) -> str:
   return ".".join(parts)
 
 
-def tree_shardings(params, mesh: Mesh | None, rules=PARAM_RULES):
+def tree_shardings(params, mesh: Mesh | None, rules=None):
   """A sharding for every parameter of a pytree (e.g. an `nnx.State`), by its path."""
+  rules = param_rules() if rules is None else rules
   return jax.tree_util.tree_map_with_path(
       lambda path, x: param_sharding(dotted_path(path), x.shape, mesh, rules), params)
 

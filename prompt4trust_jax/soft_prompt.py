@@ -86,14 +86,10 @@ def answer_tokens(downstream: downstream_lib.Downstream) -> tuple[list[int], tup
   """(forced ids of "In conclusion, the answer is", letter id per option) from the logit trie."""
   if downstream.config.mode != "logit":
     downstream = downstream.with_config(dataclasses.replace(downstream.config, mode="logit"))
-  trie = downstream.trie
-  child_token, child_node = np.asarray(trie.child_token), np.asarray(trie.child_node)
-  node, forced = 0, []
-  while (child_token[node] >= 0).sum() == 1:
-    forced.append(int(child_token[node, 0]))
-    node = child_node[node, 0]
+  forced, node = constraints.first_branch(downstream.trie)
+  children = np.asarray(downstream.trie.child_token)[node]
   letter_ids = np.zeros(len(downstream.config.letters), np.int64)
-  letter_ids[downstream.branch_letters] = child_token[node][child_token[node] >= 0]
+  letter_ids[downstream.branch_letters] = children[children >= 0]
   return forced, tuple(int(i) for i in letter_ids)
 
 

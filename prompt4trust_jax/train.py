@@ -68,10 +68,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     sharding.initialize_distributed(**config.distributed)
   mesh = sharding.make_mesh(**config.mesh)
   preset = prompts.preset(config.prompts.preset)
-  policy, tokenizer, eos, policy_path = run_models.policy_model(config.policy, workdir,
-                                                                config.seed, mesh)
+  policy, tokenizer, eos, policy_path = run_models.policy_model(config.policy, config.seed, mesh)
   d = config.downstream
-  downstream_path = run_models.model_dir(d, workdir, config.seed, vision=True)
+  downstream_path = run_models.model_dir(d, "downstream")
   letters = data.letters(config.data.name)
   answerer = downstream.Downstream.from_pretrained(
       downstream_path, downstream.elicitation_config(d, downstream_path, preset=preset.name,

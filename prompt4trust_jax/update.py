@@ -22,7 +22,7 @@ from prompt4trust_jax import sharding as sharding_lib
 from prompt4trust_jax.models import kv_cache as kv_cache_lib
 from prompt4trust_jax.models import layers
 from prompt4trust_jax.models import lora
-from prompt4trust_jax.models import qwen2
+from prompt4trust_jax.models.protocol import DecoderModel
 
 
 @struct.dataclass
@@ -82,7 +82,7 @@ def optimizer(learning_rate: float | optax.Schedule = 1e-6, weight_decay: float 
                      optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay))
 
 
-def completion_logprobs(model, tokens_BxL, attention_mask_BxL, completion_length: int,
+def completion_logprobs(model: DecoderModel, tokens_BxL, attention_mask_BxL, completion_length: int,
                         temperature: float = 1.0, group_size: int = 1,
                         logprob_chunk: int | None = None):
   """Per-token log-probs and entropies `[B, N]` of the last N tokens under the policy.
@@ -101,8 +101,8 @@ def completion_logprobs(model, tokens_BxL, attention_mask_BxL, completion_length
     h_BxNxD = _grouped_hidden(model, tokens_BxL, attention_mask_BxL, N, group_size)
   else:
     mask_BxTxS = kv_cache_lib.attention_mask(attention_mask_BxL, 0, L)
-    h_BxLxD, _ = model.step(model.embed(tokens_BxL),
-                            qwen2.positions_from_mask(attention_mask_BxL), mask_BxTxS, None, 0)
+    h_BxLxD, _ = model.step(model.embed(tokens_BxL), model.positions(attention_mask_BxL),
+                            mask_BxTxS, None, 0)
     h_BxNxD = h_BxLxD[:, L - N - 1:L - 1]
   # logits / T as (h / T) @ head: the matmul writes the tempered logits directly instead
   # of a further pass over the [B, N, V] tensor (forward and backward).
@@ -113,7 +113,7 @@ def completion_logprobs(model, tokens_BxL, attention_mask_BxL, completion_length
                                   positions)
 
 
-def _grouped_hidden(model, tokens_BxL, attention_mask_BxL, N: int, G: int):
+def _grouped_hidden(model: DecoderModel, tokens_BxL, attention_mask_BxL, N: int, G: int):
   """Hidden states `[B, N, D]` predicting the completions, each prompt computed once."""
   B, L = tokens_BxL.shape
   if B % G:
@@ -122,13 +122,11 @@ def _grouped_hidden(model, tokens_BxL, attention_mask_BxL, N: int, G: int):
   prompt_QxP, prompt_mask_QxP = tokens_BxL[::G, :P], attention_mask_BxL[::G, :P]
   cache = model.init_cache(B // G, P)
   h_QxPxD, cache = model.step(
-      model.embed(prompt_QxP), qwen2.positions_from_mask(prompt_mask_QxP),
+      model.embed(prompt_QxP), model.positions(prompt_mask_QxP),
       kv_cache_lib.attention_mask(prompt_mask_QxP, 0, P), cache, 0)
   completion_mask_BxN = attention_mask_BxL[:, P:]
-  # Positions count real tokens, as positions_from_mask over the whole row would.
-  prompt_length_B = jnp.repeat(prompt_mask_QxP.astype(jnp.int32).sum(-1), G)
-  positions_BxN = jnp.maximum(
-      prompt_length_B[:, None] + jnp.cumsum(completion_mask_BxN.astype(jnp.int32), -1) - 1, 0)
+  # The completions' positions are those of the whole rows' (a row's prompt is its group's).
+  positions_BxN = model.positions(attention_mask_BxL)[:, P:]
   h_BxNxD, _ = model.step(
       model.embed(tokens_BxL[:, P:]), positions_BxN,
       kv_cache_lib.attention_mask(completion_mask_BxN, 0, N),

@@ -90,7 +90,7 @@ def test_logit_mode_reads_the_letter_probabilities(vl_dir, items):
   ds, out = _answers(vl_dir, items[:1], hints=[["Look at bone contrast."]], mode="logit",
                      temperature=0.0)
   tok, model = ds.tokenizer, ds.model
-  pixels, grid = images.preprocess([items[0].image], ds.image_processor)
+  pixels, grid = ds.preprocess_images(items[:1])[0]
   prompt = ds.prompt_ids(items[0], "Look at bone contrast.", grid)
   forced = tok.encode("In conclusion, the answer is A", add_special_tokens=False)[:-1]
   letter_ids = [tok.encode(f"In conclusion, the answer is {l}", add_special_tokens=False)[-1]
@@ -112,10 +112,11 @@ class _VocabConfig:
 
 
 class ScriptedLM(nnx.Module):
-  """A fake decoder LM that emits `script` after a prompt of `prompt_length` tokens."""
+  """A fake decoder LM (`protocol.DecoderModel`) that emits `script` after a prompt of
+  `prompt_length` tokens."""
 
   def __init__(self, script, prompt_length, vocab_size, eos):
-    self.config = _VocabConfig(vocab_size)
+    self.config = self.text_config = _VocabConfig(vocab_size)
     table = np.full(prompt_length + len(script) + 600, eos, np.int32)
     table[prompt_length - 1:prompt_length - 1 + len(script)] = script
     self.table = nnx.Variable(jnp.asarray(table))  # next token by position
@@ -123,11 +124,17 @@ class ScriptedLM(nnx.Module):
   def embed(self, tokens_BxT, image_embeds=None):
     return jnp.zeros((*tokens_BxT.shape, 1), jnp.float32)
 
+  def positions(self, attention_mask_BxT):
+    return jnp.maximum(jnp.cumsum(attention_mask_BxT.astype(jnp.int32), axis=-1) - 1, 0)
+
   def step(self, x_BxTxD, positions_BxT, mask, cache, cache_index):
     return positions_BxT[..., None].astype(jnp.float32), cache
 
   def lm_head_kernel(self):
     return jnp.zeros((1, 1))
+
+  def tied_embedding(self):
+    return None
 
   def logits(self, h, head=None):
     next_token = self.table[...][h[..., 0].astype(jnp.int32)]

@@ -15,6 +15,7 @@ from prompt4trust_jax import (checkpoints, downstream, evaluation, fixtures, hin
                               prompts, train)
 from prompt4trust_jax.evaluation import harness, noise, registry, run_store
 from prompt4trust_jax.models import tokenizer as tokenizer_lib
+from tests import launch
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def trained(tmp_path_factory):
   config = demo.get_config()
   config.sampling.max_new_tokens = 8
   config.train.update(rollouts=2, checkpoint_every=2)
-  train.run(config, workdir)
+  launch.train(config, workdir)
   return workdir
 
 
@@ -42,7 +43,7 @@ def _config(trained_dir, **eval_overrides):
 def test_every_method_is_scored_and_written(trained, tmp_path, capsys):
   workdir = str(tmp_path / "eval")
   config = _config(trained)
-  results = evaluation.run(config, workdir)
+  results = launch.evaluate(config, workdir)
   names = list(registry.methods()) + [f"{m}@{c}" for c in ("gaussian_noise:3", "typo:3")
                                     for m in ("no_hint", "prompt4trust", "rewrite")]
   assert list(results) == evaluation.method_names(config) == names
@@ -88,7 +89,7 @@ def test_every_method_is_scored_and_written(trained, tmp_path, capsys):
 def test_interrupted_evaluation_resumes_without_recomputing(trained, tmp_path, monkeypatch):
   workdir = str(tmp_path / "eval")
   config = _config(trained, methods=("no_hint", "csc", "entropy"), corruptions=())
-  evaluation.run(config, workdir)
+  launch.evaluate(config, workdir)
   with open(os.path.join(workdir, "results.json")) as f:
     uninterrupted = json.load(f)
   # A kill during the second batch of the samples run: its line for item 5 is cut short.
@@ -102,7 +103,7 @@ def test_interrupted_evaluation_resumes_without_recomputing(trained, tmp_path, m
   answer = harness.answer_batch
   monkeypatch.setattr(harness, "answer_batch",
                       lambda r, *a: calls.append(r.name) or answer(r, *a))
-  evaluation.run(config, workdir)
+  launch.evaluate(config, workdir)
   assert calls == ["samples"]  # only the broken batch of the broken run
   # Item 4 of that batch is answered again, identically (the batch's key is fixed).
   assert run_store.RunStore(samples).items == {json.loads(x)["id"]: json.loads(x) for x in lines}
@@ -111,7 +112,7 @@ def test_interrupted_evaluation_resumes_without_recomputing(trained, tmp_path, m
   # Answers made with other settings are never mixed into a resumed evaluation.
   config.eval.entropy_samples = 6
   with pytest.raises(ValueError, match="other \\['eval.entropy_samples'\\]"):
-    evaluation.run(config, workdir)
+    launch.evaluate(config, workdir)
 
 
 def test_zero_shot_transfer_to_another_downstream(trained, tmp_path):
@@ -120,7 +121,7 @@ def test_zero_shot_transfer_to_another_downstream(trained, tmp_path):
                                          fixtures.vl_shape_config("tiny", qwen2_5=True), seed=7)
   config = _config(trained, methods=("no_hint", "prompt4trust"), corruptions=())
   config.downstream.path = other
-  results = evaluation.run(config, str(tmp_path / "eval"))
+  results = launch.evaluate(config, str(tmp_path / "eval"))
   assert set(results) == {"no_hint", "prompt4trust"}
   with open(os.path.join(tmp_path, "eval", "results.json")) as f:
     assert json.load(f)["downstream"] == other
@@ -131,7 +132,7 @@ def test_a_released_hint_writer_needs_no_training_workdir(tiny_dir, tmp_path):
   config = _config("", methods=("prompt4trust",), corruptions=())
   config.policy.update(path=tiny_dir, train_workdir="")
   workdir = str(tmp_path / "eval")
-  evaluation.run(config, workdir)
+  launch.evaluate(config, workdir)
   with open(os.path.join(workdir, "runs", "prompt4trust.jsonl")) as f:
     stored = {r["id"]: r["hint"] for r in map(json.loads, f)}
   examples = evaluation.examples(config, workdir, config.data.split, config.data.num_examples)
@@ -218,7 +219,7 @@ def test_a_saved_instruction_is_reused_without_searching(trained, tmp_path, monk
                       lambda self, c: used.append(c.instruction) or with_config(self, c))
   config = _config(trained, methods=("prompt_search",), corruptions=())
   config.prompt_search.instruction_file = str(path)
-  evaluation.run(config, str(tmp_path / "eval"))
+  launch.evaluate(config, str(tmp_path / "eval"))
   assert used == [json.loads(path.read_text())["best"]]
   assert not os.path.exists(tmp_path / "eval" / "prompt_search.json")  # no search ran
 
@@ -244,7 +245,7 @@ def test_a_new_baseline_is_one_registered_family(trained, tmp_path, monkeypatch)
     registry.register("half")(Half)
   assert [r.name for r in evaluation.plan(dict(methods=("no_hint", "half")))] == ["no_hint"]
   config = _config(trained, methods=("no_hint", "half"), corruptions=())
-  results = evaluation.run(config, str(tmp_path / "eval"))
+  results = launch.evaluate(config, str(tmp_path / "eval"))
   assert results["half"]["half/constant"] == 0.5
   assert results["half"]["all/accuracy"] == results["no_hint"]["all/accuracy"]
   # ECE of a constant confidence: |accuracy - 1/2| (one bin holds every answer).

@@ -1,7 +1,8 @@
 """MedMCQA end to end: numbered options, answers read by number, train then evaluate."""
 
 from configs import medmcqa
-from prompt4trust_jax import data, downstream, evaluation, prompts, train
+from prompt4trust_jax import data, downstream, evaluation, prompts
+from tests import launch
 
 
 def test_medmcqa_trains_and_evaluates(tmp_path, monkeypatch):
@@ -16,7 +17,7 @@ def test_medmcqa_trains_and_evaluates(tmp_path, monkeypatch):
     return seen[-1]
 
   monkeypatch.setattr(downstream.Downstream, "prompt_text", record)
-  metrics = train.run(config, str(tmp_path / "train"))
+  metrics = launch.train(config, str(tmp_path / "train"))
   assert metrics["downstream/invalid_rate"] == 0  # structured mode over the numbers 1-4
   assert "four options (1, 2, 3, or 4)" in seen[0] and "\n(1) " in seen[0]
   assert "<|image_pad|>" not in seen[0]
@@ -26,7 +27,7 @@ def test_medmcqa_trains_and_evaluates(tmp_path, monkeypatch):
   c.eval.update(methods=("no_hint", "prompt4trust", "csc"),
                 corruptions=(), consistency_samples=3, entropy_samples=3, bootstrap_samples=20,
                 batch_size=4)
-  results = evaluation.run(c, str(tmp_path / "eval"))
+  results = launch.evaluate(c, str(tmp_path / "eval"))
   assert set(results) == set(evaluation.method_names(c))
   assert results["no_hint"]["invalid_rate"] == 0  # structured: always a number 1-4
   # configs/medmcqa.py:eval's own method list plans (text methods, text noise only).

@@ -8,7 +8,8 @@ import os
 import numpy as np
 
 from configs import demo, eval_demo
-from prompt4trust_jax import evaluation, train
+from prompt4trust_jax import evaluation
+from tests import launch
 
 
 def test_train_then_evaluate_on_realistic_checkpoints(realistic_policy_dir, realistic_vl_dir,
@@ -20,7 +21,7 @@ def test_train_then_evaluate_on_realistic_checkpoints(realistic_policy_dir, real
   config.sampling.update(num_generations=4, max_new_tokens=6)  # 8 rows: one per fake device
   config.train.update(rollouts=1, checkpoint_every=1)
   trained = str(tmp_path / "train")
-  metrics = train.run(config, trained)
+  metrics = launch.train(config, trained)
   assert np.isfinite(metrics["loss"]) and metrics["downstream/invalid_rate"] == 0
   with open(os.path.join(trained, "metrics.jsonl")) as f:
     record = json.loads(f.readline())
@@ -35,7 +36,7 @@ def test_train_then_evaluate_on_realistic_checkpoints(realistic_policy_dir, real
   c.eval.update(methods=("no_hint", "fixed_hint", "prompt4trust", "csc", "entropy_prompt4trust",
                          "logit"), corruptions=(), batch_size=2, consistency_samples=3,
                 entropy_samples=3, bootstrap_samples=20)
-  results = evaluation.run(c, str(tmp_path / "eval"))
+  results = launch.evaluate(c, str(tmp_path / "eval"))
   assert set(results) == set(evaluation.method_names(c))
   for m, r in results.items():
     assert 0 <= r["all/accuracy"] <= 1, m

@@ -115,11 +115,11 @@ def test_fixed_hint_abstain_and_searched_instruction(monkeypatch, answerer, proc
   instruction, hint = p.fixed_hint_setting()
   rows = _fed(monkeypatch, answerer, [item], [[hint]], preset="reference", instruction=instruction)
   _check(rows, [_expected(processor, p.fixed_hint(QUESTION, OPTIONS), image)])
-  abstain = abstain.with_abstain_option({"question": QUESTION, "options": OPTIONS})
-  rows = _fed(monkeypatch, answerer, [downstream.Item(QUESTION, abstain["options"], image)], None,
+  example = abstain.with_abstain_option({"question": QUESTION, "options": OPTIONS})
+  rows = _fed(monkeypatch, answerer, [downstream.Item(QUESTION, example["options"], image)], None,
               preset="reference", instruction=abstain.INSTRUCTION, letters="ABCDE",
               parser="abstain")
-  _check(rows, [_expected(processor, p.downstream(QUESTION, abstain["options"], None,
+  _check(rows, [_expected(processor, p.downstream(QUESTION, example["options"], None,
                                                   abstain.INSTRUCTION), image)])
   searched = "Answer with care.\n" + p.downstream_instruction
   rows = _fed(monkeypatch, answerer, [item], None, preset="reference", instruction=searched)

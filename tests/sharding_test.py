@@ -1,4 +1,4 @@
-"""Partition rules: every matrix of every supported family has a rule of its own."""
+"""Partition rules: every matrix of every registered family has a rule of its own."""
 
 import re
 
@@ -7,23 +7,37 @@ import pytest
 from flax import nnx
 
 from prompt4trust_jax import models, sharding
+from prompt4trust_jax.models import families
 
-CATCH_ALL = sharding.PARAM_RULES[-1][0]
+CATCH_ALL = sharding.param_rules()[-1][0]
+
+# A released shape per registered family (a new family adds its own here).
+PRESETS = {"qwen2": "qwen2p5_1p5b_instruct", "qwen2_vl": "qwen2_vl_2b_instruct",
+           "qwen2_5_vl": "qwen2p5_vl_3b_instruct"}
 
 
-@pytest.mark.parametrize("cls, preset", [
-    (models.Qwen2ForCausalLM, "qwen2p5_1p5b_instruct"),
-    (models.Qwen2VLForConditionalGeneration, "qwen2_vl_2b_instruct"),
-    (models.Qwen2VLForConditionalGeneration, "qwen2p5_vl_3b_instruct"),
-])
-def test_no_matrix_falls_through_to_the_replicated_default(cls, preset):
-  model = nnx.eval_shape(lambda: cls(getattr(models, preset)(), rngs=nnx.Rngs(0)))
-  unruled = set()
+def test_every_family_is_checked():
+  assert sorted(PRESETS) == sorted(families.FAMILIES)
+
+
+@pytest.mark.parametrize("model_type", sorted(PRESETS))
+def test_no_matrix_falls_through_to_the_replicated_default(model_type):
+  family = families.FAMILIES[model_type]
+  model = nnx.eval_shape(lambda: family.model_cls(getattr(models, PRESETS[model_type])(),
+                                                  rngs=nnx.Rngs(0)))
+  unruled, assembled = set(), sharding.param_rules()
   for path, x in jax.tree_util.tree_flatten_with_path(nnx.state(model))[0]:
     name = sharding.dotted_path(path)
-    rule = next(pattern for pattern, _ in sharding.PARAM_RULES if re.search(pattern, name))
-    if x.ndim >= 2 and rule == CATCH_ALL:
+    if x.ndim < 2:
+      continue
+    # The family's own rules cover it, and the assembled table places it by the same rule.
+    own = next((spec for pattern, spec in family.partition_rules if re.search(pattern, name)),
+               None)
+    rule, spec = next((p, s) for p, s in assembled if re.search(p, name))
+    if own is None or rule == CATCH_ALL:
       unruled.add(re.sub(r"\.\d+\.", ".{i}.", name))
+    else:
+      assert spec == own, name
   assert not unruled, sorted(unruled)
 
 

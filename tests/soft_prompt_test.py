@@ -9,8 +9,7 @@ import pytest
 from flax import nnx
 
 from configs import soft_prompt_demo
-from prompt4trust_jax import (data, downstream, fixtures, images, padding, sharding,
-                              soft_prompt)
+from prompt4trust_jax import data, downstream, fixtures, padding, sharding, soft_prompt
 
 # Real tokens for a prompt made of token embeddings (8 of them: position errors grow with N).
 FRONT = "Think step-by-step, do not be over-confident."
@@ -83,7 +82,7 @@ def test_a_prompt_of_token_embeddings_equals_those_tokens_in_front(ds, examples,
   tokens, mask = padding.left_pad(rows, batch.tokens_BxT.shape[1] + len(front), 2, 0)
   kw = {}
   if with_images:
-    pixels, grids = zip(*(images.preprocess([x["image"]], ds.image_processor) for x in chosen))
+    pixels, grids = zip(*ds.preprocess_images([downstream.Item.from_example(x) for x in chosen]))
     kw = dict(pixel_values=np.concatenate(pixels), image_grid_thw=np.concatenate(grids))
   plain_BxTxV = np.asarray(ds.model(tokens, attention_mask=mask, **kw))
   np.testing.assert_allclose(logits, plain_BxTxV[:, -1][:, list(batch.letter_ids)], atol=2e-6,

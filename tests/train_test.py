@@ -9,7 +9,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import demo
-from prompt4trust_jax import checkpoints, run_models, train
+from prompt4trust_jax import checkpoints, fixtures, run_models, train
+from tests import launch
 
 
 def _config(rollouts, **overrides):
@@ -37,10 +38,10 @@ def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path):
   # run's first leg changes (the SIGKILL test below resumes the linear default).
   straight, halted = str(tmp_path / "straight"), str(tmp_path / "halted")
   constant = {"optimizer.schedule": "constant"}
-  metrics = train.run(_config(4, **constant), straight)
+  metrics = launch.train(_config(4, **constant), straight)
   assert np.isfinite(metrics["loss"]) and metrics["downstream/invalid_rate"] == 0
-  train.run(_config(2, **constant), halted)  # stops after rollout 2 (a checkpoint)
-  train.run(_config(4, **constant), halted)  # the same command again resumes at rollout 2
+  launch.train(_config(2, **constant), halted)  # stops after rollout 2 (a checkpoint)
+  launch.train(_config(4, **constant), halted)  # the same command again resumes at rollout 2
   a, b = _checkpoint(straight, 4), _checkpoint(halted, 4)
   assert int(a["step"]) == int(b["step"]) == 4 * demo.get_config().grpo.num_iterations
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -54,7 +55,7 @@ def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path):
 
 def test_unknown_data_set_is_named(tmp_path):
   with pytest.raises(ValueError, match="Unknown data set 'pmc'"):
-    train.run(_config(1, **{"data.name": "pmc"}), str(tmp_path))
+    launch.train(_config(1, **{"data.name": "pmc"}), str(tmp_path))
 
 
 def test_sigkill_and_restart_matches_an_uninterrupted_run(tmp_path):
@@ -95,7 +96,7 @@ def test_repeated_non_finite_updates_stop_the_run_without_a_checkpoint(tmp_path)
   config = _config(6, **{"optimizer.learning_rate": float("nan")})
   config.train.max_failures = 2
   with pytest.raises(FloatingPointError, match="3 updates in a row were not finite"):
-    train.run(config, str(tmp_path))
+    launch.train(config, str(tmp_path))
   # Step 2's checkpoint holds the untouched initial parameters; nothing after the stop.
   restored = _checkpoint(str(tmp_path), 2)
   assert int(restored["step"]) == 0
@@ -108,7 +109,8 @@ def test_rollouts_sample_in_their_own_precision(tmp_path, monkeypatch):
   reaches the image processor."""
   import jax.numpy as jnp
   from flax import nnx
-  from prompt4trust_jax import hints, images, update
+  from prompt4trust_jax import hints, update
+  from prompt4trust_jax.models import qwen2_vl_images
   dtypes, forwards = [], []
   write, reference_logprobs = hints.write, update.reference_logprobs
 
@@ -119,11 +121,11 @@ def test_rollouts_sample_in_their_own_precision(tmp_path, monkeypatch):
   monkeypatch.setattr(hints, "write", recording_write)
   monkeypatch.setattr(update, "reference_logprobs",
                       lambda *a, **k: forwards.append(1) or reference_logprobs(*a, **k))
-  budgets, processor = [], images.image_processor_from_pretrained
-  monkeypatch.setattr(images, "image_processor_from_pretrained",
+  budgets, processor = [], qwen2_vl_images.processor_from_pretrained
+  monkeypatch.setattr(qwen2_vl_images, "processor_from_pretrained",
                       lambda path, lo, hi: budgets.append((lo, hi)) or processor(path, lo, hi))
   config = _config(1, **{"policy.sampling_dtype": "bfloat16", "downstream.max_pixels": 112 * 112})
-  metrics = train.run(config, str(tmp_path))
+  metrics = launch.train(config, str(tmp_path))
   assert budgets == [(None, 112 * 112)]  # the image size is configuration (unset: checkpoint's)
   assert dtypes == [{jnp.dtype("bfloat16")}]
   assert len(forwards) == 2  # the old log-probs, then the reference's
@@ -139,13 +141,14 @@ def test_lora_run_checkpoints_adapters_only_and_exports_them_merged(tmp_path):
   workdir = str(tmp_path / "run")
   config = _config(2, **{"policy.lora_rank": 4, "policy.lora_targets": "q_proj,v_proj,up_proj",
                          "policy.param_dtype": "bfloat16", "optimizer.learning_rate": 1e-2})
-  metrics = train.run(config, workdir)
+  metrics = launch.train(config, workdir)
   assert np.isfinite(metrics["loss"]) and metrics["kl"] >= 0
+  config = fixtures.with_random_models(config, workdir)  # the base the run started from
   saved = _checkpoint(workdir, 2)["params"]
   paths = {"/".join(map(str, p)) for p, _ in jax.tree_util.tree_flatten_with_path(saved)[0]}
   assert paths and all("lora_a" in p or "lora_b" in p for p in paths), sorted(paths)[:4]
   assert len(paths) == 2 * 3 * 2  # A and B on 3 projections of 2 layers
-  policy, *_ = run_models.policy_model(config.policy, workdir, config.seed)
+  policy, *_ = run_models.policy_model(config.policy, config.seed)
   checkpoints.load_policy(workdir, policy)
   assert max(float(abs(x).max()) for x in jax.tree.leaves(nnx.state(policy, nnx.LoRAParam))
              if x.ndim and x.shape[0] == 4) > 0  # B moved off zero

@@ -88,13 +88,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
   if any(r.split == "val" for r in runs) or any("val" in f.extra_splits for f in families):
     splits["val"] = examples(config, workdir, config.data.val_split)
   d = config.downstream
-  downstream_path = run_models.model_dir(d, workdir, config.seed, vision=True)
+  downstream_path = run_models.model_dir(d, "downstream")
   answerer = downstream.Downstream.from_pretrained(
       downstream_path, dtype=d.dtype, mesh=mesh, min_pixels=d.get("min_pixels"),
       max_pixels=d.get("max_pixels"))
   needs_policy = any(registry.FAMILIES[r.family].needs_policy(r, config) for r in runs)
   ctx = Context(config, workdir, mesh, answerer, downstream_path,
-                Policy(config, workdir, mesh) if needs_policy else None, splits)
+                Policy(config, mesh) if needs_policy else None, splits)
 
   stores = {}
   for r in runs:
@@ -133,19 +133,16 @@ def examples(config, workdir, split: str, num_examples: int = 0) -> list[dict]:
 class Policy:
   """The (trained) policy: greedy hints, and completions of other requests (rewrites)."""
 
-  def __init__(self, config, workdir, mesh):
+  def __init__(self, config, mesh):
     p = config.policy
     # The trained parameters are restored onto the base model, loaded as training loads it.
-    self.model, self.tokenizer, self.eos, base = run_models.policy_model(
-        p, p.train_workdir or workdir, config.seed, mesh)
+    self.model, self.tokenizer, self.eos, base = run_models.policy_model(p, config.seed, mesh)
     if p.train_workdir:
       step = checkpoints.load_policy(p.train_workdir, self.model, p.get("step") or None)
       logging.info("Prompt4Trust policy: rollout %d of %s", step, p.train_workdir)
-    elif p.path:  # a released hint writer, e.g. xingshen/prompt4trust-cgpgenerator-1.5B
-      logging.info("Prompt4Trust policy: the checkpoint at %s as it is", p.path)
-    else:
-      logging.warning("Neither policy.path nor policy.train_workdir is set: hints come from the "
-                      "random model %s.", base)
+    else:  # a released hint writer, e.g. xingshen/prompt4trust-cgpgenerator-1.5B
+      logging.info("Prompt4Trust policy: the checkpoint at %s as it is (no "
+                   "policy.train_workdir)", base)
     self.preset = prompts.preset(config.prompts.preset)
     self.max_new_tokens = p.max_new_tokens
     self.settings = run_models.policy_sampling(p, base)

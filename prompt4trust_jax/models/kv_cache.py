@@ -17,7 +17,7 @@ class LayerCache:
   Optionally a read-only shared prefix: rows b*C .. b*C + C-1 all attend to prefix row b
   (keys `[Q, K, H, P]`, values `[Q, K, P, H]`, valid slots `[Q, P]`) before their own
   slots. G hints of one question then read the question's cache once per group instead
-  of once per row (`sampling.share`). With no own slots (`k` None, `prefix_only`), the
+  of once per row (`decode_state.share`). With no own slots (`k` None, `prefix_only`), the
   call's own keys are its new tokens' (a training forward that needs no cache after).
   """
   k: jax.Array | None

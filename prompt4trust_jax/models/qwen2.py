@@ -2,7 +2,9 @@
 
 `Qwen2Decoder` is the text stack that the Qwen2-VL family reuses: it takes input
 embeddings and either 1-D positions `[B, T]` or, when the config has an
-`mrope_section`, 3-D (t, h, w) positions `[3, B, T]`. Axis legend: `layers.py`.
+`mrope_section`, 3-D (t, h, w) positions `[3, B, T]`. `DecoderLM` is what the sampler
+calls (`protocol.DecoderModel`); `PARTITION_RULES` place the decoder's weights on a mesh
+(`sharding.py`). Axis legend: `layers.py`.
 """
 
 import dataclasses
@@ -11,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from prompt4trust_jax.models import kv_cache as kv_cache_lib
 from prompt4trust_jax.models import layers
@@ -115,6 +118,20 @@ def qwen2p5_7b_instruct(**kw) -> Qwen2Config:
   return Qwen2Config(152064, 3584, 18944, 28, 28, 4, tie_word_embeddings=False, **kw)
 
 
+# Where the decoder's weights live on a (data, fsdp, tensor) mesh, by regex on their dotted
+# path. Matrices are [in, out]; the embedding table is [V, D]. Column-parallel projections
+# (out split over `tensor`) feed row-parallel ones (in split over `tensor`), so a block's
+# activations are split over `tensor` between them and gathered once after. Norm scales fall
+# through to `sharding.py`'s replicated default.
+PARTITION_RULES = (
+    (r"embed_tokens\.embedding$", P("tensor", "fsdp")),
+    (r"lm_head\.kernel$", P("fsdp", "tensor")),
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)\.kernel$", P("fsdp", "tensor")),
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)\.bias$", P("tensor")),
+    (r"(o_proj|down_proj)\.kernel$", P("tensor", "fsdp")),
+)
+
+
 class DecoderLayer(nnx.Module):
 
   def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
@@ -191,7 +208,8 @@ def positions_from_mask(attention_mask_BxT: jax.Array) -> jax.Array:
 
 
 class DecoderLM(nnx.Module):
-  """What the sampler needs from a decoder LM: embed, step with a cache, logits.
+  """What the sampler needs from a decoder LM (`protocol.DecoderModel`): embed, positions,
+  step with a cache, logits.
 
   Subclasses set `self.text_config`, `self.model` (a `Qwen2Decoder`) and
   `self.lm_head` (None when tied to the embedding table).
@@ -201,6 +219,10 @@ class DecoderLM(nnx.Module):
     if image_embeds_IxD is not None:
       raise ValueError(f"{type(self).__name__} takes no images.")
     return self.model.embed_tokens(tokens_BxT)
+
+  def positions(self, attention_mask_BxT: jax.Array) -> jax.Array:
+    """RoPE positions `[B, T]` of text rows (`positions_from_mask`); M-RoPE broadcasts them."""
+    return positions_from_mask(attention_mask_BxT)
 
   def step(self, x_BxTxD, positions, mask_BxTxS, cache, cache_index):
     """Hidden states for new input embeddings written into `cache` at `cache_index`."""
@@ -261,7 +283,7 @@ class Qwen2ForCausalLM(DecoderLM):
       attention_mask = jnp.ones((B, T), bool)
     attention_mask = jnp.asarray(attention_mask)
     if position_ids is None:
-      position_ids = positions_from_mask(attention_mask)
+      position_ids = self.positions(attention_mask)
     mask_BxTxS = kv_cache_lib.attention_mask(attention_mask, 0, T)
     h_BxTxD, _ = self.step(self.embed(input_ids), jnp.asarray(position_ids), mask_BxTxS, None, 0)
     return self.logits(h_BxTxD)

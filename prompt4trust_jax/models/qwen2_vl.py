@@ -6,11 +6,13 @@ merged image token) are replaced by image embeddings in order of appearance, and
 3-D positions (t, h, w) are computed on the host from the token ids and image
 grids, as HF's `get_rope_index` does: an image at text position p takes
 t = p, h = p + row, w = p + column, and the text after it continues from
-p + max(rows, columns).
+p + max(rows, columns). Pixels become patches in `qwen2_vl_images.py`, the family's image
+processor (`families.py`).
 """
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -130,9 +132,33 @@ def qwen2p5_vl_7b_instruct(**kw) -> Qwen2VLConfig:
                        model_type="qwen2_5_vl")
 
 
+# The decoder's rules and the vision tower's (`sharding.py` assembles every family's).
+PARTITION_RULES = qwen2.PARTITION_RULES + vision.PARTITION_RULES
+
+
 def image_token_counts(image_grid_thw: np.ndarray, merge_size: int) -> np.ndarray:
+  """`<|image_pad|>` tokens per image `[I]`: its patches after merge_size x merge_size merging."""
   grid = np.asarray(image_grid_thw, np.int64).reshape(-1, 3)
+  if (grid[:, 1:] % merge_size).any():
+    raise ValueError(f"image_grid_thw {grid.tolist()} has h or w not divisible by merge_size="
+                     f"{merge_size}; pass the merge_size of the processor that made the grid.")
   return grid.prod(-1) // merge_size**2
+
+
+def expand_image_placeholders(ids: Sequence[int], image_grid_thw: np.ndarray,
+                              config: Qwen2VLConfig) -> list[int]:
+  """`ids` with its one `<|image_pad|>` repeated to the image's token count (exactly what
+  transformers' Qwen2-VL processor gives for a prompt of one image)."""
+  ids, image_id = list(ids), config.image_token_id
+  if ids.count(image_id) != 1:
+    raise ValueError(f"The prompt holds {ids.count(image_id)} image placeholders "
+                     f"(<|image_pad|>, id {image_id}); the chat template must render exactly "
+                     "one per image, one image per prompt.")
+  counts = image_token_counts(image_grid_thw, config.vision.merge_size)
+  if len(counts) != 1:
+    raise ValueError(f"image_grid_thw holds {len(counts)} images; a prompt here shows one.")
+  at = ids.index(image_id)
+  return ids[:at] + [image_id] * int(counts[0]) + ids[at + 1:]
 
 
 def rope_positions(input_ids_BxT: np.ndarray, attention_mask_BxT: np.ndarray | None,
@@ -190,6 +216,14 @@ class Qwen2VLForConditionalGeneration(qwen2.DecoderLM):
     self.visual = vision.VisionTransformer(config.vision, rngs=rngs)
     self.model = qwen2.Qwen2Decoder(config.text, rngs=rngs)
     self.lm_head = qwen2._lm_head(config.text, rngs)
+
+  @property
+  def image_token_id(self) -> int:
+    return self.config.image_token_id
+
+  def expand_image_placeholders(self, ids, image_grid_thw):
+    """`expand_image_placeholders` under this model's config (one image per prompt)."""
+    return expand_image_placeholders(ids, image_grid_thw, self.config)
 
   def encode_images(self, inputs: vision.VisionInputs) -> jax.Array:
     """Image tokens `[M, D]` in order (see `vision.vision_inputs`)."""

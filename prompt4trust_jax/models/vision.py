@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from prompt4trust_jax import padding
 from prompt4trust_jax.models import layers
@@ -54,6 +55,17 @@ class VisionConfig:
   @property
   def patch_dim(self) -> int:
     return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
+
+# Where the tower's weights live on a mesh (as `qwen2.PARTITION_RULES`, which also place the
+# Qwen2.5-VL blocks' SwiGLU MLP): fused qkv and fc1 column-parallel, the attention output and
+# fc2 row-parallel; the patch embedding (1.5M parameters) replicated.
+PARTITION_RULES = (
+    (r"(attn\.qkv|mlp\.fc1|merger\.fc1)\.kernel$", P("fsdp", "tensor")),
+    (r"(attn\.qkv|mlp\.fc1|merger\.fc1)\.bias$", P("tensor")),
+    (r"(attn\.proj|mlp\.fc2|merger\.fc2)\.kernel$", P("tensor", "fsdp")),
+    (r"patch_embed$", P()),
+)
 
 
 def _norm(dim, cfg, rngs):
