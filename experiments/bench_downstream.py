@@ -18,7 +18,8 @@ from absl import app, flags
 from PIL import Image
 
 from experiments import timing
-from prompt4trust_jax import downstream, fixtures
+from prompt4trust_jax import fixtures
+from prompt4trust_jax.downstream import answerer as downstream
 from prompt4trust_jax.models import qwen2_vl_images
 
 _SHAPE = flags.DEFINE_enum("shape", "small", ["tiny", "small"], "Model shape.")

@@ -18,7 +18,8 @@ from absl import app, flags
 from flax import nnx
 
 from experiments import timing
-from prompt4trust_jax import fixtures, head_layout, models, sampling
+from prompt4trust_jax import fixtures, models
+from prompt4trust_jax.policy import head_layout, sampling
 
 _SHAPE = flags.DEFINE_enum("shape", "small", ["tiny", "small", "qwen2p5_1p5b"], "Model shape.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Prompts per call.")

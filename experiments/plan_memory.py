@@ -146,7 +146,11 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
   import jax.numpy as jnp
   from flax import nnx
 
-  from prompt4trust_jax import grpo, models, padding, run_models, sampling, sharding, update
+  from prompt4trust_jax import models, run_models, sharding
+
+  from prompt4trust_jax.policy import padding, sampling
+
+  from prompt4trust_jax.training import grpo, update
   from prompt4trust_jax.models import lora, vision
 
   config = _half_precision_as_on_accelerators(config)
@@ -319,7 +323,7 @@ def _decode_step_flops(graphdef, params, B, cache_length, max_new_tokens, sampli
   import jax.numpy as jnp
   from flax import nnx
 
-  from prompt4trust_jax import sampling
+  from prompt4trust_jax.policy import sampling
   model = nnx.eval_shape(lambda: nnx.merge(graphdef, params))
   state = jax.eval_shape(lambda: sampling.init_state(
       model, B, cache_length, max_new_tokens, track_seen=sampling_params.penalized))
@@ -334,7 +338,7 @@ def _downstream_answer(graphdef, G, max_new_tokens, params):
   import jax
   from flax import nnx
 
-  from prompt4trust_jax import head_layout, sampling
+  from prompt4trust_jax.policy import head_layout, sampling
 
   def answer(weights, tokens, mask, positions, image_embeds, suffix_tokens, suffix_mask, rng):
     model = nnx.merge(graphdef, weights)

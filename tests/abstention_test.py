@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from prompt4trust_jax import parsing
+from prompt4trust_jax.downstream import parsing
 from prompt4trust_jax.evaluation.methods import abstain as abstention
 
 

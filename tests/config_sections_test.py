@@ -3,7 +3,8 @@
 import ml_collections
 
 from configs import pmcvqa
-from prompt4trust_jax import config_sections, grpo
+from prompt4trust_jax import config_sections
+from prompt4trust_jax.training import grpo
 
 
 def test_named_keys_overrides_and_defaults():

@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt4trust_jax import constraints, fixtures, parsing
+from prompt4trust_jax import fixtures
+
+from prompt4trust_jax.downstream import constraints, parsing
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from prompt4trust_jax import data, images
+from prompt4trust_jax import data
+
+from prompt4trust_jax.downstream import images
 from prompt4trust_jax.data import synthetic, validation
 
 FIXTURE = data.FIXTURE_DIR

@@ -9,7 +9,13 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from prompt4trust_jax import downstream, fixtures, images, models, parsing, sampling
+from prompt4trust_jax import fixtures, models
+
+from prompt4trust_jax.downstream import images, parsing
+
+from prompt4trust_jax.downstream import answerer as downstream
+
+from prompt4trust_jax.policy import sampling
 from prompt4trust_jax.models import qwen2_vl
 
 OPTIONS = ("A:CT scan", "B:MRI", "C:X-ray", "D:Ultrasound")

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt4trust_jax import grpo
+from prompt4trust_jax.training import grpo
 
 REWARDS = jnp.array([1.0, 0.0, 2.0, 2.0])  # two prompts x G=2
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from prompt4trust_jax import images
+from prompt4trust_jax.downstream import images
 
 
 def _noise(width, height, seed=0):

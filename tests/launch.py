@@ -2,7 +2,7 @@
 random models made first (`fixtures.with_random_models`), then the loop or the harness."""
 
 from prompt4trust_jax import evaluation, fixtures
-from prompt4trust_jax import train as train_lib
+from prompt4trust_jax.training import train as train_lib
 
 
 def train(config, workdir: str):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt4trust_jax import logprobs
+from prompt4trust_jax.training import logprobs
 
 
 def test_token_logprobs_and_entropy():

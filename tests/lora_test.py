@@ -7,7 +7,11 @@ import optax
 import pytest
 from flax import nnx
 
-from prompt4trust_jax import grpo, models, reference, sampling, update
+from prompt4trust_jax import models
+
+from prompt4trust_jax.policy import sampling
+
+from prompt4trust_jax.training import grpo, reference, update
 from prompt4trust_jax.models import lora
 
 TOY = models.Qwen2Config(vocab_size=64, hidden_size=64, intermediate_size=128, num_layers=2,

@@ -1,7 +1,8 @@
 """MedMCQA end to end: numbered options, answers read by number, train then evaluate."""
 
 from configs import medmcqa
-from prompt4trust_jax import data, downstream, evaluation, prompts
+from prompt4trust_jax import data, evaluation, prompts
+from prompt4trust_jax.downstream import answerer as downstream
 from tests import launch
 
 

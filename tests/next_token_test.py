@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt4trust_jax import next_token
+from prompt4trust_jax.policy import next_token
 
 
 def _keys(n):

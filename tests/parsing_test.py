@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from prompt4trust_jax import parsing
+from prompt4trust_jax.downstream import parsing
 
 P = parsing.Parsed
 

@@ -15,8 +15,12 @@ import pytest
 import transformers
 from PIL import Image
 
-from prompt4trust_jax import downstream, hints, models, prompts
-from prompt4trust_jax import soft_prompt
+from prompt4trust_jax import models, prompts
+
+from prompt4trust_jax.downstream import answerer as downstream
+
+from prompt4trust_jax.policy import hints
+from prompt4trust_jax.evaluation import soft_prompt
 from prompt4trust_jax.evaluation.methods import abstain, prompt_search
 from tests import realistic
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from configs import eval_pmcvqa, pmcvqa
-from prompt4trust_jax import downstream, run_models, train
+from prompt4trust_jax import run_models
+from prompt4trust_jax.downstream import answerer as downstream
+from prompt4trust_jax.training import train
 from prompt4trust_jax.models import generation_config
 
 

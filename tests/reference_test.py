@@ -6,7 +6,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from prompt4trust_jax import grpo, models, reference, update
+from prompt4trust_jax import models
+
+from prompt4trust_jax.training import grpo, reference, update
 
 TOY = models.Qwen2Config(vocab_size=64, hidden_size=64, intermediate_size=128, num_layers=2,
                          num_heads=4, num_kv_heads=2, tie_word_embeddings=True)

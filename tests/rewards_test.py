@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from prompt4trust_jax import rewards
+from prompt4trust_jax.training import rewards
 
 LOG_1E12 = math.log(1e-12)  # -27.631...
 LOG_1E10 = math.log(1e-10)  # -23.025...
@@ -228,7 +228,7 @@ def test_from_config_errors(config, match):
 
 
 def test_judged_from_answers_marks_correct_valid_rows():
-  from prompt4trust_jax import downstream
+  from prompt4trust_jax.downstream import answerer as downstream
   answers = downstream.Answers(letter_index=np.array([1, -1, 2]),
                                confidence=np.array([0.9, 0.0, 0.4], np.float32),
                                valid=np.array([True, False, True]), texts=["", "", ""],

@@ -8,7 +8,11 @@ import pytest
 import torch
 import transformers
 
-from prompt4trust_jax import constraints, head_layout, models, padding, sampling
+from prompt4trust_jax import models
+
+from prompt4trust_jax.downstream import constraints
+
+from prompt4trust_jax.policy import head_layout, padding, sampling
 from tests import hf_oracle
 
 

@@ -9,7 +9,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import demo
-from prompt4trust_jax import checkpoints, fixtures, run_models, train
+from prompt4trust_jax import checkpoints, fixtures, run_models
+from prompt4trust_jax.training import train
 from tests import launch
 
 
@@ -109,7 +110,8 @@ def test_rollouts_sample_in_their_own_precision(tmp_path, monkeypatch):
   reaches the image processor."""
   import jax.numpy as jnp
   from flax import nnx
-  from prompt4trust_jax import hints, update
+  from prompt4trust_jax.policy import hints
+  from prompt4trust_jax.training import update
   from prompt4trust_jax.models import qwen2_vl_images
   dtypes, forwards = [], []
   write, reference_logprobs = hints.write, update.reference_logprobs

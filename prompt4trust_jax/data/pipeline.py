@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import grain
 import tensorflow_datasets as tfds
 
-from prompt4trust_jax import images
+from prompt4trust_jax.downstream import images
 from prompt4trust_jax.data import medmcqa, pmc_vqa
 
 # The committed synthetic PMC-VQA copy (CSV + PNG scans) used by tests and the CPU demo.

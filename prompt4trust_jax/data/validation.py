@@ -14,7 +14,7 @@ from collections.abc import Callable
 import tensorflow_datasets as tfds
 from absl import logging
 
-from prompt4trust_jax import images
+from prompt4trust_jax.downstream import images
 
 # Reasons a row is skipped (the keys of the report).
 MISSING_COLUMN = "missing_column"

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from prompt4trust_jax import downstream
+from prompt4trust_jax.downstream import answerer as downstream
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from prompt4trust_jax import parsing
+from prompt4trust_jax.downstream import parsing
 from prompt4trust_jax.evaluation import plots
 
 

@@ -6,7 +6,7 @@ Axis letters: I images, P patches over all images, D = 3 * temporal_patch * patc
 Resizing, normalisation and patch layout are transformers' `Qwen2VLImageProcessorPil`
 (PIL + numpy). The default `Qwen2VLImageProcessor` is the torchvision backend, which needs
 torch; its bicubic resize may differ slightly from PIL's. Decoding files to RGB is
-family-neutral (`prompt4trust_jax/images.py`).
+family-neutral (`prompt4trust_jax/downstream/images.py`).
 """
 
 import dataclasses
@@ -18,7 +18,7 @@ import numpy as np
 import transformers
 from PIL import Image
 
-from prompt4trust_jax import images
+from prompt4trust_jax.downstream import images
 
 _PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 

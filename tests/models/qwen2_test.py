@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from prompt4trust_jax import models, sampling
+from prompt4trust_jax import models
+
+from prompt4trust_jax.policy import sampling
 from tests import hf_oracle
 
 CONFIGS = {

@@ -7,7 +7,7 @@ import pytest
 import transformers
 from PIL import Image
 
-from prompt4trust_jax import images
+from prompt4trust_jax.downstream import images
 from prompt4trust_jax.models import qwen2_vl
 from prompt4trust_jax.models import qwen2_vl_images as vl_images
 

@@ -115,7 +115,7 @@ def test_image_features_match_transformers(vl_dir):
 
 
 def test_greedy_generation_matches_transformers(vl_dir):
-  from prompt4trust_jax import sampling
+  from prompt4trust_jax.policy import sampling
   ref = hf_oracle.load_vl(vl_dir)
   model = models.from_pretrained(vl_dir)
   proc = hf_oracle.image_processor()

@@ -5,7 +5,7 @@ evaluation, on `soft_prompt.num_train_examples` of `soft_prompt.train_split`, an
 the workdir; the option probabilities are then read under it.
 """
 
-from prompt4trust_jax import soft_prompt
+from prompt4trust_jax.evaluation import soft_prompt
 from prompt4trust_jax.evaluation import registry
 
 

@@ -26,7 +26,11 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from prompt4trust_jax import calibration, downstream, hints, prompts
+from prompt4trust_jax import calibration, prompts
+
+from prompt4trust_jax.downstream import answerer as downstream
+
+from prompt4trust_jax.policy import hints
 from prompt4trust_jax.evaluation import registry
 
 REWRITE_INSTRUCTION = (

@@ -26,7 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from prompt4trust_jax import constraints, next_token
+from prompt4trust_jax.downstream import constraints
+
+from prompt4trust_jax.policy import next_token
 from prompt4trust_jax.models import kv_cache as kv_cache_lib
 from prompt4trust_jax.models.protocol import DecoderModel
 

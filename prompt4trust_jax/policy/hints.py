@@ -6,7 +6,9 @@ from typing import NamedTuple
 import jax
 from flax import nnx
 
-from prompt4trust_jax import prompts, sampling
+from prompt4trust_jax import prompts
+
+from prompt4trust_jax.policy import sampling
 from prompt4trust_jax.models import tokenizer as tokenizer_lib
 
 

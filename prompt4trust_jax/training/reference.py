@@ -14,7 +14,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from prompt4trust_jax import models, update
+from prompt4trust_jax import models
+
+from prompt4trust_jax.training import update
 from prompt4trust_jax.models import lora
 
 

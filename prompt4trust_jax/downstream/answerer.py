@@ -30,8 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from prompt4trust_jax import (config_sections, constraints, head_layout, images, padding, parsing,
-                              prompts, sampling)
+from prompt4trust_jax import config_sections, prompts
+
+from prompt4trust_jax.downstream import constraints, images, parsing
+
+from prompt4trust_jax.policy import head_layout, padding, sampling
 from prompt4trust_jax.models import families, generation_config
 from prompt4trust_jax.models import tokenizer as tokenizer_lib
 from prompt4trust_jax.models.protocol import DecoderModel, MultimodalModel

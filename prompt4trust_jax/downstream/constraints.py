@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt4trust_jax import parsing, prompts
+from prompt4trust_jax import prompts
+
+from prompt4trust_jax.downstream import parsing
 
 
 class Encoder(Protocol):

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt4trust_jax import parsing
+from prompt4trust_jax.downstream import parsing
 
 LOG_FLOOR = math.log(1e-12)  # the paper's reward for an unreadable response
 

@@ -20,9 +20,13 @@ import numpy as np
 import optax
 from absl import logging
 
-from prompt4trust_jax import (checkpoints, config_sections, data, downstream, grpo, metrics_log,
-                              models, prompts, reference, rewards, run_models, sharding, update)
-from prompt4trust_jax import rollout as rollout_lib
+from prompt4trust_jax import (checkpoints, config_sections, data, metrics_log, models, prompts,
+                               run_models, sharding)
+
+from prompt4trust_jax.downstream import answerer as downstream
+
+from prompt4trust_jax.training import grpo, reference, rewards, update
+from prompt4trust_jax.training import rollout as rollout_lib
 
 
 def _data_iterator(config, workdir: str):

@@ -16,8 +16,8 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from prompt4trust_jax import grpo
-from prompt4trust_jax import logprobs as logprobs_lib
+from prompt4trust_jax.training import grpo
+from prompt4trust_jax.training import logprobs as logprobs_lib
 from prompt4trust_jax import sharding as sharding_lib
 from prompt4trust_jax.models import kv_cache as kv_cache_lib
 from prompt4trust_jax.models import layers
