@@ -36,40 +36,40 @@ def bin_index(confidence_B: jax.Array, num_bins: int = 10, binning: str = "paper
 
 
 def _bins(confidence_B, correct_B, num_bins, binning):
-  onehot_BxK = jax.nn.one_hot(bin_index(confidence_B, num_bins, binning), num_bins)
-  count_K = onehot_BxK.sum(0)
-  return (count_K, onehot_BxK.T @ correct_B.astype(jnp.float32),
-          onehot_BxK.T @ confidence_B)
+  onehot_BxZ = jax.nn.one_hot(bin_index(confidence_B, num_bins, binning), num_bins)
+  count_Z = onehot_BxZ.sum(0)
+  return (count_Z, onehot_BxZ.T @ correct_B.astype(jnp.float32),
+          onehot_BxZ.T @ confidence_B)
 
 
 def ece(confidence_B: jax.Array, correct_B: jax.Array, num_bins: int = 10,
         binning: str = "paper") -> jax.Array:
   """Sum over bins of |accuracy - mean confidence| weighted by the bin's share of samples."""
-  _, correct_K, confidence_K = _bins(confidence_B, correct_B, num_bins, binning)
+  _, correct_Z, confidence_Z = _bins(confidence_B, correct_B, num_bins, binning)
   # |sum(correct) - sum(confidence)| per bin / B == share x |accuracy - mean confidence|.
-  return jnp.abs(correct_K - confidence_K).sum() / confidence_B.shape[0]
+  return jnp.abs(correct_Z - confidence_Z).sum() / confidence_B.shape[0]
 
 
 def reliability_bins(confidence_B, correct_B, num_bins: int = 10,
                      binning: str = "paper") -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(count_K, accuracy_K, mean confidence_K) per bin; accuracy and confidence NaN when empty."""
-  count_K, correct_K, confidence_K = _bins(confidence_B, correct_B, num_bins, binning)
-  safe_K = jnp.where(count_K > 0, count_K, jnp.nan)
-  return count_K, correct_K / safe_K, confidence_K / safe_K
+  """(count_Z, accuracy_Z, mean confidence_Z) per bin; accuracy and confidence NaN when empty."""
+  count_Z, correct_Z, confidence_Z = _bins(confidence_B, correct_B, num_bins, binning)
+  safe_Z = jnp.where(count_Z > 0, count_Z, jnp.nan)
+  return count_Z, correct_Z / safe_Z, confidence_Z / safe_Z
 
 
 def mce(confidence_B, correct_B, num_bins: int = 10, binning: str = "paper") -> jax.Array:
   """The largest |accuracy - mean confidence| over non-empty bins."""
-  count_K, correct_K, confidence_K = _bins(confidence_B, correct_B, num_bins, binning)
-  gap_K = jnp.abs(correct_K - confidence_K) / jnp.maximum(count_K, 1.0)
-  return jnp.max(jnp.where(count_K > 0, gap_K, 0.0))
+  count_Z, correct_Z, confidence_Z = _bins(confidence_B, correct_B, num_bins, binning)
+  gap_Z = jnp.abs(correct_Z - confidence_Z) / jnp.maximum(count_Z, 1.0)
+  return jnp.max(jnp.where(count_Z > 0, gap_Z, 0.0))
 
 
 def ace(confidence_B, correct_B, num_bins: int = 10) -> jax.Array:
   """Adaptive calibration error: the unweighted mean gap over equal-mass bins."""
-  count_K, correct_K, confidence_K = _bins(confidence_B, correct_B, num_bins, "mass")
-  gap_K = jnp.abs(correct_K - confidence_K) / jnp.maximum(count_K, 1.0)
-  return jnp.sum(jnp.where(count_K > 0, gap_K, 0.0)) / jnp.maximum((count_K > 0).sum(), 1)
+  count_Z, correct_Z, confidence_Z = _bins(confidence_B, correct_B, num_bins, "mass")
+  gap_Z = jnp.abs(correct_Z - confidence_Z) / jnp.maximum(count_Z, 1.0)
+  return jnp.sum(jnp.where(count_Z > 0, gap_Z, 0.0)) / jnp.maximum((count_Z > 0).sum(), 1)
 
 
 def nll(confidence_B, correct_B, clip: float = 1e-12) -> jax.Array:
@@ -252,8 +252,8 @@ def fit_temperature(logits_BxC: jax.Array, label_B: jax.Array, *, t_min: float =
                      f"{logits_BxC.shape} and {label_B.shape}.")
   loss = functools.partial(_temperature_nll, logits_BxC=logits_BxC, label_B=label_B)
   low, high = jnp.log(t_min), jnp.log(t_max)
-  grid_G = jnp.linspace(low, high, grid_size)
-  start = grid_G[jnp.argmin(jax.vmap(loss)(grid_G))]
+  grid = jnp.linspace(low, high, grid_size)
+  start = grid[jnp.argmin(jax.vmap(loss)(grid))]
   optimizer = optax.lbfgs()
   value_and_grad = optax.value_and_grad_from_state(loss)
 

@@ -108,21 +108,21 @@ def _level(name: str, severity: int):
 
 
 # ---------------------------------------------------------------------------------------
-# Images: x_HxWxC floats in 0..1 in between.
+# Images: rgb floats in 0..1 in between.
 
 
 def _pixels(image: Image.Image) -> np.ndarray:
   return np.asarray(image.convert("RGB"), np.float64) / 255.0
 
 
-def _image(x_HxWxC: np.ndarray) -> Image.Image:
-  return Image.fromarray(np.round(np.clip(x_HxWxC, 0.0, 1.0) * 255.0).astype(np.uint8), "RGB")
+def _image(rgb: np.ndarray) -> Image.Image:
+  return Image.fromarray(np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8), "RGB")
 
 
 def gaussian_noise(image: Image.Image, severity: int, rng: np.random.Generator) -> Image.Image:
-  x_HxWxC = _pixels(image)
+  rgb = _pixels(image)
   std = _level("gaussian_noise", severity)
-  return _image(x_HxWxC + rng.normal(0.0, std, x_HxWxC.shape))
+  return _image(rgb + rng.normal(0.0, std, rgb.shape))
 
 
 def shot_noise(image: Image.Image, severity: int, rng: np.random.Generator) -> Image.Image:
@@ -133,11 +133,11 @@ def shot_noise(image: Image.Image, severity: int, rng: np.random.Generator) -> I
 def salt_and_pepper(image: Image.Image, severity: int, rng: np.random.Generator) -> Image.Image:
   """Whole pixels (all three channels) set to black or white."""
   share = _level("salt_and_pepper", severity)
-  x_HxWxC = np.array(image.convert("RGB"))
-  hit_HxW = rng.random(x_HxWxC.shape[:2]) < share
-  white_HxW = rng.random(x_HxWxC.shape[:2]) < 0.5
-  x_HxWxC[hit_HxW] = np.where(white_HxW[hit_HxW], 255, 0)[:, None]
-  return Image.fromarray(x_HxWxC, "RGB")
+  rgb = np.array(image.convert("RGB"))
+  hit = rng.random(rgb.shape[:2]) < share
+  white = rng.random(rgb.shape[:2]) < 0.5
+  rgb[hit] = np.where(white[hit], 255, 0)[:, None]
+  return Image.fromarray(rgb, "RGB")
 
 
 def gaussian_blur(image: Image.Image, severity: int, rng: np.random.Generator) -> Image.Image:
@@ -160,11 +160,11 @@ def motion_blur(image: Image.Image, severity: int, rng: np.random.Generator) -> 
     dx, dy = steps, np.round(steps * sin / cos).astype(int)
   else:
     dx, dy = np.round(steps * cos / sin).astype(int), steps
-  x_HxWxC = _pixels(image)
-  h, w, _ = x_HxWxC.shape
+  rgb = _pixels(image)
+  h, w, _ = rgb.shape
   pad = int(max(np.abs(dx).max(), np.abs(dy).max()))
-  padded = np.pad(x_HxWxC, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
-  out_HxWxC = np.zeros_like(x_HxWxC)
+  padded = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+  out_HxWxC = np.zeros_like(rgb)
   for ox, oy in zip(dx, dy):
     out_HxWxC += padded[pad + oy:pad + oy + h, pad + ox:pad + ox + w]
   return _image(out_HxWxC / taps)
@@ -181,9 +181,9 @@ def jpeg(image: Image.Image, severity: int, rng: np.random.Generator) -> Image.I
 
 def contrast(image: Image.Image, severity: int, rng: np.random.Generator) -> Image.Image:
   del rng  # deterministic
-  x_HxWxC = _pixels(image)
-  mean = x_HxWxC.mean()
-  return _image((x_HxWxC - mean) * _level("contrast", severity) + mean)
+  rgb = _pixels(image)
+  mean = rgb.mean()
+  return _image((rgb - mean) * _level("contrast", severity) + mean)
 
 
 def brightness(image: Image.Image, severity: int, rng: np.random.Generator) -> Image.Image:

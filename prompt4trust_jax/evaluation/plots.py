@@ -26,13 +26,13 @@ def reliability_diagram(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: 
     confidence_B = np.asarray(confidence_B, np.float32)
     correct_B = np.asarray(correct_B, np.float32)
     if confidence_B.size:
-      count_K, accuracy_K, mean_K = map(np.asarray, calibration.reliability_bins(
+      count_Z, accuracy_Z, mean_Z = map(np.asarray, calibration.reliability_bins(
           confidence_B, correct_B, num_bins, binning))
       error = float(calibration.ece(confidence_B, correct_B, num_bins, binning))
     else:
-      count_K, accuracy_K, mean_K, error = np.zeros(0), np.zeros(0), np.zeros(0), np.nan
-    kept_K = count_K > 0
-    line, = top.plot(mean_K[kept_K], accuracy_K[kept_K], marker="o",
+      count_Z, accuracy_Z, mean_Z, error = np.zeros(0), np.zeros(0), np.zeros(0), np.nan
+    kept_Z = count_Z > 0
+    line, = top.plot(mean_Z[kept_Z], accuracy_Z[kept_Z], marker="o",
                      label=f"{name} (ECE {error:.3f}, n={confidence_B.size})")
     bottom.hist(confidence_B, bins=edges, histtype="step", color=line.get_color())
   top.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), ylabel="accuracy", title="Reliability diagram")

@@ -15,7 +15,7 @@ token whose text reaches the end of option c's line in the prompt, i.e. the earl
 position that has read the whole option. They depend on the soft prompt through
 attention, which is what the angular term acts on.
 
-Axis letters: B batch, T tokens, N prompt tokens, D model dim, C options, I image tokens.
+Axis letters: the package's (`prompt4trust_jax/__init__.py`).
 """
 
 import dataclasses
@@ -72,7 +72,7 @@ class OptionBatch:
   positions: jax.Array  # [B, T], or [B, 3, T] for M-RoPE with images; without the soft prompt
   option_ends_BxC: jax.Array  # token index of each option line's end (class features)
   labels_B: jax.Array  # gold option index, -1 when unknown
-  image_embeds_BxIxD: jax.Array | None  # each row's image tokens, zero padded
+  image_embeds_BxJxD: jax.Array | None  # each row's image tokens, zero padded
   letter_ids: tuple[int, ...] = struct.field(pytree_node=False)  # token of each option letter
 
 
@@ -169,21 +169,21 @@ def collate(examples: Sequence[EncodedExample], rows: int, pad_token_id: int,
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def option_logits(graphdef, state, prompt_NxD: jax.Array | None,
+def option_logits(graphdef, state, prompt_PxD: jax.Array | None,
                   batch: OptionBatch) -> tuple[jax.Array, jax.Array]:
   """(option logits `[B, C]` at the last position, class text features `[B, C, D]`)."""
   model = nnx.merge(graphdef, state)
-  if batch.image_embeds_BxIxD is None:
+  if batch.image_embeds_BxJxD is None:
     x_BxTxD = model.embed(batch.tokens_BxT)
   else:  # each row indexes its own image tokens
-    x_BxTxD = jax.vmap(lambda t_T, e_IxD: model.embed(t_T[None], e_IxD)[0])(
-        batch.tokens_BxT, batch.image_embeds_BxIxD)
+    x_BxTxD = jax.vmap(lambda t_T, e_JxD: model.embed(t_T[None], e_JxD)[0])(
+        batch.tokens_BxT, batch.image_embeds_BxJxD)
   mask_BxT, positions = batch.mask_BxT.astype(bool), batch.positions
   ends_BxC = batch.option_ends_BxC
-  if prompt_NxD is not None:
-    B, N = x_BxTxD.shape[0], prompt_NxD.shape[0]
-    prompt_BxNxD = jnp.broadcast_to(prompt_NxD.astype(x_BxTxD.dtype), (B, *prompt_NxD.shape))
-    x_BxTxD = jnp.concatenate([prompt_BxNxD, x_BxTxD], axis=1)
+  if prompt_PxD is not None:
+    B, N = x_BxTxD.shape[0], prompt_PxD.shape[0]
+    prompt_BxPxD = jnp.broadcast_to(prompt_PxD.astype(x_BxTxD.dtype), (B, *prompt_PxD.shape))
+    x_BxTxD = jnp.concatenate([prompt_BxPxD, x_BxTxD], axis=1)
     mask_BxT = jnp.concatenate([jnp.ones((B, N), bool), mask_BxT], axis=1)
     prompt_positions = jnp.broadcast_to(jnp.arange(N, dtype=positions.dtype),
                                         (*positions.shape[:-1], N))
@@ -230,14 +230,14 @@ def init_prompt(config: SoftPromptConfig, dim: int) -> jax.Array:
   return config.init_scale * jax.random.normal(key, (config.num_tokens, dim), jnp.float32)
 
 
-def _train_step(prompt_NxD, opt_state, state, batch, *, graphdef, tx, config):
-  def loss_fn(prompt_NxD):  # the model's state is a constant here: only the prompt learns
-    logits_BxC, features_BxCxD = option_logits(graphdef, state, prompt_NxD, batch)
+def _train_step(prompt_PxD, opt_state, state, batch, *, graphdef, tx, config):
+  def loss_fn(prompt_PxD):  # the model's state is a constant here: only the prompt learns
+    logits_BxC, features_BxCxD = option_logits(graphdef, state, prompt_PxD, batch)
     return loss(logits_BxC, features_BxCxD, batch.labels_B, config)
 
-  (_, metrics), grad_NxD = jax.value_and_grad(loss_fn, has_aux=True)(prompt_NxD)
-  updates, opt_state = tx.update(grad_NxD, opt_state, prompt_NxD)
-  return optax.apply_updates(prompt_NxD, updates), opt_state, metrics
+  (_, metrics), grad_PxD = jax.value_and_grad(loss_fn, has_aux=True)(prompt_PxD)
+  updates, opt_state = tx.update(grad_PxD, opt_state, prompt_PxD)
+  return optax.apply_updates(prompt_PxD, updates), opt_state, metrics
 
 
 def train(downstream: downstream_lib.Downstream, examples: Sequence[dict],
@@ -248,12 +248,12 @@ def train(downstream: downstream_lib.Downstream, examples: Sequence[dict],
   path = None if workdir is None else os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
   dim = downstream.model.text_config.hidden_size
   if path is not None and os.path.exists(path):
-    prompt_NxD = restore(path)
-    if prompt_NxD.shape != (config.num_tokens, dim):
-      raise ValueError(f"{path} holds a prompt of shape {prompt_NxD.shape}, not "
+    prompt_PxD = restore(path)
+    if prompt_PxD.shape != (config.num_tokens, dim):
+      raise ValueError(f"{path} holds a prompt of shape {prompt_PxD.shape}, not "
                        f"{(config.num_tokens, dim)}; delete it or use another workdir.")
     logging.info("Soft prompt restored from %s", path)
-    return prompt_NxD
+    return prompt_PxD
   prepared = prepare(downstream, examples)
   if any(x.label < 0 for x in prepared) or len(prepared) < config.batch_size:
     raise ValueError(f"Training needs at least batch_size={config.batch_size} examples, each "
@@ -262,8 +262,8 @@ def train(downstream: downstream_lib.Downstream, examples: Sequence[dict],
   graphdef, state = nnx.split(downstream.model)
   tx = optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
   step = functools.partial(_train_step, graphdef=graphdef, tx=tx, config=config)
-  prompt_NxD = init_prompt(config, dim)
-  opt_state = tx.init(prompt_NxD)
+  prompt_PxD = init_prompt(config, dim)
+  opt_state = tx.init(prompt_PxD)
   if mesh is None:
     step_fn = jax.jit(step, donate_argnums=(0, 1))
   else:
@@ -274,7 +274,7 @@ def train(downstream: downstream_lib.Downstream, examples: Sequence[dict],
     replicated, batch_sh = sharding_lib.replicated(mesh), sharding_lib.batch_sharding(mesh)
     state_sh = sharding_lib.tree_shardings(state, mesh)
     state = jax.device_put(state, state_sh)
-    prompt_NxD, opt_state = jax.device_put((prompt_NxD, opt_state), replicated)
+    prompt_PxD, opt_state = jax.device_put((prompt_PxD, opt_state), replicated)
     jitted = jax.jit(step, donate_argnums=(0, 1), out_shardings=replicated,
                      in_shardings=(replicated, replicated, state_sh, batch_sh))
     step_fn = lambda p, o, s, b: jitted(p, o, s, jax.device_put(b, batch_sh))
@@ -286,17 +286,17 @@ def train(downstream: downstream_lib.Downstream, examples: Sequence[dict],
     rows, queue = queue[:config.batch_size], queue[config.batch_size:]
     batch = collate([prepared[r] for r in rows], config.batch_size, downstream.pad_token_id,
                     letter_ids)
-    prompt_NxD, opt_state, metrics = step_fn(prompt_NxD, opt_state, state, batch)
+    prompt_PxD, opt_state, metrics = step_fn(prompt_PxD, opt_state, state, batch)
     logging.info("soft prompt step %d: %s", i, {k: float(v) for k, v in metrics.items()})
   if path is not None:
-    save(prompt_NxD, path)
-  return prompt_NxD
+    save(prompt_PxD, path)
+  return prompt_PxD
 
 
-def save(prompt_NxD: jax.Array, path: str) -> None:
+def save(prompt_PxD: jax.Array, path: str) -> None:
   """Writes the prompt alone as an Orbax checkpoint directory (atomically: tmp, then rename)."""
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.abspath(path), {"prompt": prompt_NxD})
+  checkpointer.save(os.path.abspath(path), {"prompt": prompt_PxD})
   checkpointer.wait_until_finished()
 
 
@@ -305,7 +305,7 @@ def restore(path: str) -> jax.Array:
   return jnp.asarray(ocp.StandardCheckpointer().restore(os.path.abspath(path))["prompt"])
 
 
-def answer(downstream: downstream_lib.Downstream, prompt_NxD: jax.Array | None,
+def answer(downstream: downstream_lib.Downstream, prompt_PxD: jax.Array | None,
            examples: Sequence[dict], batch_size: int = 8) -> downstream_lib.Answers:
   """The logit-mode answers with the prompt in front: argmax letter, its softmax probability
   over the options (T = 1; temperature scaling is the evaluation's own step)."""
@@ -315,7 +315,7 @@ def answer(downstream: downstream_lib.Downstream, prompt_NxD: jax.Array | None,
   for start in range(0, len(examples), batch_size):
     chunk = prepare(downstream, examples[start:start + batch_size])  # image tokens live one batch
     batch = collate(chunk, padding.bucket_batch(len(chunk)), downstream.pad_token_id, letter_ids)
-    logits_BxC, _ = option_logits(graphdef, state, prompt_NxD, batch)
+    logits_BxC, _ = option_logits(graphdef, state, prompt_PxD, batch)
     probs.append(np.asarray(jax.nn.softmax(logits_BxC[:len(chunk)], axis=-1)))
   option_probs = np.concatenate(probs)
   letter = option_probs.argmax(-1).astype(np.int32)

@@ -1,9 +1,6 @@
 """Transformer building blocks shared by the Qwen2 decoder and the Qwen2-VL family.
 
-Axis legend used in names and einsums across `models/`:
-  B batch, T query length, S key length (cache slots), D model width, F MLP width,
-  N query heads, K key/value heads, G query heads per kv head (N = K*G), H head dim,
-  V vocabulary, L layers, X query blocks of C queries.
+Axis letters: the package's (`prompt4trust_jax/__init__.py`).
 """
 
 import contextlib
@@ -171,11 +168,11 @@ class SwiGLU(nnx.Module):
     B, T, D = x_BxTxD.shape
     F = self.gate_proj.out_features
 
-    def mlp(x_BxCxD):
+    def mlp(x_BxUxD):
       # 2-D matmuls: XLA:CPU's backward of the [B, T, D] form is ~25% slower.
-      x_MxD = x_BxCxD.reshape(-1, D)
+      x_MxD = x_BxUxD.reshape(-1, D)
       out_MxD = self.down_proj(jax.nn.silu(self.gate_proj(x_MxD)) * self.up_proj(x_MxD))
-      return out_MxD.reshape(x_BxCxD.shape)
+      return out_MxD.reshape(x_BxUxD.shape)
 
     itemsize = jnp.dtype(self.gate_proj.dtype or x_BxTxD.dtype).itemsize
     # Each [B, T, F] intermediate over the budget is made for blocks of positions in turn (a
@@ -185,79 +182,79 @@ class SwiGLU(nnx.Module):
     blocks = -(-B * T * F * itemsize // BLOCK_BYTES)
     if blocks <= 1 or T == 1:
       return mlp(x_BxTxD)
-    C = -(-T // min(blocks, T))  # positions per block
-    pad = -T % C
-    x_XxBxCxD = jnp.moveaxis(
-        jnp.pad(x_BxTxD, ((0, 0), (0, pad), (0, 0))).reshape(B, -1, C, D), 1, 0)
-    out_XxBxCxD = jax.lax.map(mlp, x_XxBxCxD)
-    return jnp.moveaxis(out_XxBxCxD, 0, 1).reshape(B, T + pad, D)[:, :T]
+    U = -(-T // min(blocks, T))  # positions per block
+    pad = -T % U
+    x_XxBxUxD = jnp.moveaxis(
+        jnp.pad(x_BxTxD, ((0, 0), (0, pad), (0, 0))).reshape(B, -1, U, D), 1, 0)
+    out_XxBxUxD = jax.lax.map(mlp, x_XxBxUxD)
+    return jnp.moveaxis(out_XxBxUxD, 0, 1).reshape(B, T + pad, D)[:, :T]
 
 
-def attend(q_BxTxNxH, k_BxKxHxS, v_BxKxSxH, mask_BxTxS, prefix=None,
+def attend(q_BxTxAxH, k_BxKxHxS, v_BxKxSxH, mask_BxTxS, prefix=None,
            scale: float | None = None) -> jax.Array:
   """Grouped-query softmax attention over T queries, in query blocks when the scores are
   large (`BLOCK_BYTES`); see `_attend`. `scale` multiplies the logits (default H^-1/2)."""
-  B, T, N, H = q_BxTxNxH.shape
+  B, T, A, H = q_BxTxAxH.shape
   S = k_BxKxHxS.shape[-1] + (0 if prefix is None else prefix[2].shape[1])
-  blocks = -(-B * N * T * S * 4 // BLOCK_BYTES)
+  blocks = -(-B * A * T * S * 4 // BLOCK_BYTES)
   if blocks <= 1 or T == 1:
-    return _attend(q_BxTxNxH, k_BxKxHxS, v_BxKxSxH, mask_BxTxS, prefix, scale)
-  C = -(-T // min(blocks, T))  # queries per block
-  pad = -T % C
-  q_BxTxNxH = jnp.pad(q_BxTxNxH, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    return _attend(q_BxTxAxH, k_BxKxHxS, v_BxKxSxH, mask_BxTxS, prefix, scale)
+  U = -(-T // min(blocks, T))  # queries per block
+  pad = -T % U
+  q_BxTxAxH = jnp.pad(q_BxTxAxH, ((0, 0), (0, pad), (0, 0), (0, 0)))
   mask_BxTxS = jnp.pad(mask_BxTxS, ((0, 0), (0, pad), (0, 0)))
-  q_XxBxCxNxH = jnp.moveaxis(q_BxTxNxH.reshape(B, -1, C, N, H), 1, 0)
-  mask_XxBxCxS = jnp.moveaxis(mask_BxTxS.reshape(B, -1, C, mask_BxTxS.shape[-1]), 1, 0)
-  out_XxBxCxNxH = jax.lax.map(
+  q_XxBxUxAxH = jnp.moveaxis(q_BxTxAxH.reshape(B, -1, U, A, H), 1, 0)
+  mask_XxBxUxS = jnp.moveaxis(mask_BxTxS.reshape(B, -1, U, mask_BxTxS.shape[-1]), 1, 0)
+  out_XxBxUxAxH = jax.lax.map(
       lambda qm: _attend(qm[0], k_BxKxHxS, v_BxKxSxH, qm[1], prefix, scale),
-      (q_XxBxCxNxH, mask_XxBxCxS))
-  return jnp.moveaxis(out_XxBxCxNxH, 0, 1).reshape(B, T + pad, N, H)[:, :T]
+      (q_XxBxUxAxH, mask_XxBxUxS))
+  return jnp.moveaxis(out_XxBxUxAxH, 0, 1).reshape(B, T + pad, A, H)[:, :T]
 
 
-def _attend(q_BxTxNxH, k_BxKxHxS, v_BxKxSxH, mask_BxTxS, prefix=None, scale=None) -> jax.Array:
+def _attend(q_BxTxAxH, k_BxKxHxS, v_BxKxSxH, mask_BxTxS, prefix=None, scale=None) -> jax.Array:
   """Grouped-query softmax attention; logits and softmax in float32 (as HF does).
 
   Keys come transposed, `[B, K, H, S]`, and values as `[B, K, S, H]`: each kv head's
-  logits are then a plain matmul `q[T*G, H] @ k[H, S]` and its output `p[T*G, S] @ v[S, H]`,
+  logits are then a plain matmul `q[T*R, H] @ k[H, S]` and its output `p[T*R, S] @ v[S, H]`,
   so XLA:CPU never transposes the cache. Keys stored `[B, S, K, H]` cost a copy of
   every layer's keys per decode step (~25% more attention time at batch 64, 304 slots).
   Fully masked rows (padding queries) get a finite uniform softmax, never NaN.
 
   `prefix = (keys [Q, K, H, P], values [Q, K, P, H], valid [Q, P])`: keys every group of
-  C = B / Q consecutive rows also attends to (all before its own), in one softmax. The
-  C rows' queries meet each prefix key in one matmul, so the prefix is read once per
-  group: ~4x less time than C copies at C = 8, P = 288 on XLA:CPU.
+  G = B / Q consecutive rows also attends to (all before its own), in one softmax. The
+  G rows' queries meet each prefix key in one matmul, so the prefix is read once per
+  group: ~4x less time than G copies at G = 8, P = 288 on XLA:CPU.
   """
-  B, T, N, H = q_BxTxNxH.shape
+  B, T, A, H = q_BxTxAxH.shape
   K = k_BxKxHxS.shape[1]
-  G = N // K
-  dtype = q_BxTxNxH.dtype
+  R = A // K
+  dtype = q_BxTxAxH.dtype
   scale = H**-0.5 if scale is None else scale
-  q_BxKxTxGxH = jnp.transpose(q_BxTxNxH.reshape(B, T, K, G, H), (0, 2, 1, 3, 4))
-  logits_BxKxTxGxS = jnp.einsum("bktgh,bkhs->bktgs", q_BxKxTxGxH, k_BxKxHxS.astype(dtype),
+  q_BxKxTxRxH = jnp.transpose(q_BxTxAxH.reshape(B, T, K, R, H), (0, 2, 1, 3, 4))
+  logits_BxKxTxRxS = jnp.einsum("bktrh,bkhs->bktrs", q_BxKxTxRxH, k_BxKxHxS.astype(dtype),
                                 preferred_element_type=jnp.float32) * scale
-  logits_BxKxTxGxS = jnp.where(mask_BxTxS[:, None, :, None], logits_BxKxTxGxS,
+  logits_BxKxTxRxS = jnp.where(mask_BxTxS[:, None, :, None], logits_BxKxTxRxS,
                                jnp.finfo(jnp.float32).min)
   if prefix is not None:
     k_QxKxHxP, v_QxKxPxH, valid_QxP = prefix
     Q, P = valid_QxP.shape
-    C = B // Q
-    q_QxKxCxTxGxH = jnp.swapaxes(q_BxKxTxGxH.reshape(Q, C, K, T, G, H), 1, 2)
-    prefix_QxKxCxTxGxP = jnp.einsum("qkctgh,qkhp->qkctgp", q_QxKxCxTxGxH, k_QxKxHxP.astype(dtype),
+    G = B // Q
+    q_QxKxGxTxRxH = jnp.swapaxes(q_BxKxTxRxH.reshape(Q, G, K, T, R, H), 1, 2)
+    prefix_QxKxGxTxRxP = jnp.einsum("qkgtrh,qkhp->qkgtrp", q_QxKxGxTxRxH, k_QxKxHxP.astype(dtype),
                                     preferred_element_type=jnp.float32) * scale
-    prefix_QxKxCxTxGxP = jnp.where(valid_QxP[:, None, None, None, None], prefix_QxKxCxTxGxP,
+    prefix_QxKxGxTxRxP = jnp.where(valid_QxP[:, None, None, None, None], prefix_QxKxGxTxRxP,
                                    jnp.finfo(jnp.float32).min)
-    logits_BxKxTxGxS = jnp.concatenate(
-        [jnp.swapaxes(prefix_QxKxCxTxGxP, 1, 2).reshape(B, K, T, G, P), logits_BxKxTxGxS], axis=-1)
-  probs_BxKxTxGxS = jax.nn.softmax(logits_BxKxTxGxS, axis=-1).astype(dtype)
+    logits_BxKxTxRxS = jnp.concatenate(
+        [jnp.swapaxes(prefix_QxKxGxTxRxP, 1, 2).reshape(B, K, T, R, P), logits_BxKxTxRxS], axis=-1)
+  probs_BxKxTxRxS = jax.nn.softmax(logits_BxKxTxRxS, axis=-1).astype(dtype)
   if prefix is not None:
-    probs_QxKxCxTxGxP = jnp.swapaxes(probs_BxKxTxGxS[..., :P].reshape(Q, C, K, T, G, P), 1, 2)
-    probs_BxKxTxGxS = probs_BxKxTxGxS[..., P:]
-  out_BxKxTxGxH = jnp.einsum("bktgs,bksh->bktgh", probs_BxKxTxGxS, v_BxKxSxH.astype(dtype))
+    probs_QxKxGxTxRxP = jnp.swapaxes(probs_BxKxTxRxS[..., :P].reshape(Q, G, K, T, R, P), 1, 2)
+    probs_BxKxTxRxS = probs_BxKxTxRxS[..., P:]
+  out_BxKxTxRxH = jnp.einsum("bktrs,bksh->bktrh", probs_BxKxTxRxS, v_BxKxSxH.astype(dtype))
   if prefix is not None:
-    out_QxKxCxTxGxH = jnp.einsum("qkctgp,qkph->qkctgh", probs_QxKxCxTxGxP, v_QxKxPxH.astype(dtype))
-    out_BxKxTxGxH = out_BxKxTxGxH + jnp.swapaxes(out_QxKxCxTxGxH, 1, 2).reshape(B, K, T, G, H)
-  return jnp.transpose(out_BxKxTxGxH, (0, 2, 1, 3, 4)).reshape(B, T, N, H)
+    out_QxKxGxTxRxH = jnp.einsum("qkgtrp,qkph->qkgtrh", probs_QxKxGxTxRxP, v_QxKxPxH.astype(dtype))
+    out_BxKxTxRxH = out_BxKxTxRxH + jnp.swapaxes(out_QxKxGxTxRxH, 1, 2).reshape(B, K, T, R, H)
+  return jnp.transpose(out_BxKxTxRxH, (0, 2, 1, 3, 4)).reshape(B, T, A, H)
 
 
 class Attention(nnx.Module):
@@ -293,10 +290,10 @@ class Attention(nnx.Module):
                                       axis=-1)
     else:
       q_MxF, k_MxF, v_MxF = (p(x_MxD) for p in projections)
-    q_BxTxNxH = q_MxF.reshape(B, T, self.num_heads, self.head_dim)
+    q_BxTxAxH = q_MxF.reshape(B, T, self.num_heads, self.head_dim)
     k_BxTxKxH = k_MxF.reshape(B, T, self.num_kv_heads, self.head_dim)
     v_BxTxKxH = v_MxF.reshape(B, T, self.num_kv_heads, self.head_dim)
-    q_BxTxNxH = rope.apply(q_BxTxNxH, cos_BxTxH, sin_BxTxH)
+    q_BxTxAxH = rope.apply(q_BxTxAxH, cos_BxTxH, sin_BxTxH)
     k_BxTxKxH = rope.apply(k_BxTxKxH, cos_BxTxH, sin_BxTxH)
     if cache is not None and cache.k is not None:
       cache = cache.write(k_BxTxKxH, v_BxTxKxH, cache_index)
@@ -305,6 +302,6 @@ class Attention(nnx.Module):
       k_BxKxHxS = jnp.transpose(k_BxTxKxH, (0, 2, 3, 1))
       v_BxKxSxH = jnp.swapaxes(v_BxTxKxH, 1, 2)
       prefix = None if cache is None else cache.prefix
-    out_BxTxNxH = attend(q_BxTxNxH, k_BxKxHxS, v_BxKxSxH, mask_BxTxS, prefix)
-    out_BxTxD = self.o_proj(out_BxTxNxH.reshape(B * T, self.num_heads * self.head_dim))
+    out_BxTxAxH = attend(q_BxTxAxH, k_BxKxHxS, v_BxKxSxH, mask_BxTxS, prefix)
+    out_BxTxD = self.o_proj(out_BxTxAxH.reshape(B * T, self.num_heads * self.head_dim))
     return out_BxTxD.reshape(B, T, D), cache

@@ -4,8 +4,8 @@ The sampler (`sampling.py`, `decode_state.py`), the downstream (`downstream.py`)
 update (`update.py`) see a model only through `DecoderModel` (and `MultimodalModel` when
 it takes images); a family's host-side image handling is its `ImageProcessing`, reached
 through its registry entry (`families.FAMILIES`). A new family implements these and adds
-one registry entry; nothing outside `models/` changes. Axis legend: `layers.py`
-(plus I image tokens).
+one registry entry; nothing outside `models/` changes. Axis letters: the package's
+(`prompt4trust_jax/__init__.py`).
 """
 
 from collections.abc import Sequence
@@ -28,7 +28,7 @@ class DecoderModel(Protocol):
   text_config: Any
 
   def embed(self, tokens_BxT: jax.Array,
-            image_embeds_IxD: jax.Array | None = None) -> jax.Array: ...
+            image_embeds_MxD: jax.Array | None = None) -> jax.Array: ...
 
   def positions(self, attention_mask_BxT: jax.Array) -> jax.Array:
     """Text positions of left- or right-padded rows (padding never shifts them)."""
@@ -62,7 +62,7 @@ class MultimodalModel(DecoderModel, Protocol):
 
   def multimodal_inputs(self, input_ids_BxT, attention_mask_BxT, pixel_values, image_grid, /
                         ) -> tuple[jax.Array, jax.Array | None]:
-    """Host side, before a jitted prefill: `(positions, image_embeds_IxD)`."""
+    """Host side, before a jitted prefill: `(positions, image_embeds_MxD)`."""
     ...
 
 

@@ -4,7 +4,7 @@
 embeddings and either 1-D positions `[B, T]` or, when the config has an
 `mrope_section`, 3-D (t, h, w) positions `[3, B, T]`. `DecoderLM` is what the sampler
 calls (`protocol.DecoderModel`); `PARTITION_RULES` place the decoder's weights on a mesh
-(`sharding.py`). Axis legend: `layers.py`.
+(`sharding.py`). Axis letters: `prompt4trust_jax/__init__.py`.
 """
 
 import dataclasses
@@ -187,8 +187,8 @@ class Qwen2Decoder(nnx.Module):
     """The layer loop as a scan over the layers' stacked variables (and caches)."""
     stack = lambda *xs: jnp.stack(xs)
     graphdef = nnx.graphdef(self.layers[0])
-    state_L = jax.tree.map(stack, *[nnx.state(layer) for layer in self.layers])
-    cache_L = None if cache is None else jax.tree.map(stack, *cache)
+    stacked_states = jax.tree.map(stack, *[nnx.state(layer) for layer in self.layers])
+    stacked_cache = None if cache is None else jax.tree.map(stack, *cache)
 
     def body(x_BxTxD, layer_state_and_cache):
       state, layer_cache = layer_state_and_cache
@@ -196,9 +196,9 @@ class Qwen2Decoder(nnx.Module):
                                   mask_BxTxS, layer_cache, cache_index)
       return layers.batch_constraint(x_BxTxD), layer_cache
 
-    x_BxTxD, cache_L = jax.lax.scan(body, layers.batch_constraint(x_BxTxD), (state_L, cache_L))
+    x_BxTxD, stacked_cache = jax.lax.scan(body, layers.batch_constraint(x_BxTxD), (stacked_states, stacked_cache))
     if cache is not None:
-      cache = tuple(jax.tree.map(lambda x: x[i], cache_L) for i in range(len(self.layers)))
+      cache = tuple(jax.tree.map(lambda x: x[i], stacked_cache) for i in range(len(self.layers)))
     return self.norm(x_BxTxD), cache
 
 
@@ -215,8 +215,8 @@ class DecoderLM(nnx.Module):
   `self.lm_head` (None when tied to the embedding table).
   """
 
-  def embed(self, tokens_BxT: jax.Array, image_embeds_IxD: jax.Array | None = None) -> jax.Array:
-    if image_embeds_IxD is not None:
+  def embed(self, tokens_BxT: jax.Array, image_embeds_MxD: jax.Array | None = None) -> jax.Array:
+    if image_embeds_MxD is not None:
       raise ValueError(f"{type(self).__name__} takes no images.")
     return self.model.embed_tokens(tokens_BxT)
 

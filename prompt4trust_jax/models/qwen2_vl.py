@@ -230,7 +230,7 @@ class Qwen2VLForConditionalGeneration(qwen2.DecoderLM):
     return self.visual(inputs).astype(jnp.dtype(self.text_config.dtype))
 
   def multimodal_inputs(self, input_ids_BxT, attention_mask_BxT, pixel_values, image_grid_thw):
-    """Host side, before a jitted prefill: `(positions_3xBxT, image_embeds_IxD)`.
+    """Host side, before a jitted prefill: `(positions_3xBxT, image_embeds_MxD)`.
 
     Image tokens are encoded by one jitted call over bucketed image and patch counts, so
     new images of similar size do not recompile.
@@ -246,14 +246,14 @@ class Qwen2VLForConditionalGeneration(qwen2.DecoderLM):
     graphdef, state = nnx.split(self)
     return positions, _encode_images(graphdef, state, inputs)[:merged]
 
-  def embed(self, tokens_BxT, image_embeds_IxD=None):
+  def embed(self, tokens_BxT, image_embeds_MxD=None):
     """Token embeddings with image placeholders replaced by image tokens, in order."""
     x_BxTxD = self.model.embed_tokens(tokens_BxT)
-    if image_embeds_IxD is None:
+    if image_embeds_MxD is None:
       return x_BxTxD
     is_image_BxT = tokens_BxT == self.config.image_token_id
     index_BxT = jnp.cumsum(is_image_BxT.reshape(-1)).reshape(is_image_BxT.shape) - 1
-    image_BxTxD = jnp.take(image_embeds_IxD, jnp.clip(index_BxT, 0), axis=0)
+    image_BxTxD = jnp.take(image_embeds_MxD, jnp.clip(index_BxT, 0), axis=0)
     return jnp.where(is_image_BxT[..., None], image_BxTxD.astype(x_BxTxD.dtype), x_BxTxD)
 
   def __call__(self, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None,

@@ -1,7 +1,8 @@
 """Qwen2-VL's image processor: RGB images -> patches and their grid (the family's
 `protocol.ImageProcessing`, registered in `families.py`).
 
-Axis letters: I images, P patches over all images, D = 3 * temporal_patch * patch**2.
+Axis letters: the package's (`prompt4trust_jax/__init__.py`); J counts the patches of all
+images, E = 3 x temporal_patch x patch^2.
 
 Resizing, normalisation and patch layout are transformers' `Qwen2VLImageProcessorPil`
 (PIL + numpy). The default `Qwen2VLImageProcessor` is the torchvision backend, which needs
@@ -90,6 +91,6 @@ def preprocess(rgb_images: Sequence[Image.Image],
                               "load_image.")
   chosen = processor(config) if isinstance(config, ImageConfig) else config
   out = chosen(list(rgb_images), return_tensors="np")
-  pixel_values_PxD = np.asarray(out["pixel_values"], dtype=np.float32)
+  pixel_values_JxE = np.asarray(out["pixel_values"], dtype=np.float32)
   grid_thw_Ix3 = np.asarray(out["image_grid_thw"], dtype=np.int64)
-  return pixel_values_PxD, grid_thw_Ix3
+  return pixel_values_JxE, grid_thw_Ix3

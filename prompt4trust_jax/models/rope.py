@@ -41,11 +41,11 @@ def mrope_cos_sin(positions_3xBxT: jax.Array, head_dim: int, theta: float,
   return jnp.cos(angles_BxTxH), jnp.sin(angles_BxTxH)
 
 
-def apply(x_BxTxNxH: jax.Array, cos_BxTxH: jax.Array, sin_BxTxH: jax.Array) -> jax.Array:
+def apply(x_BxTxAxH: jax.Array, cos_BxTxH: jax.Array, sin_BxTxH: jax.Array) -> jax.Array:
   """Rotates each head of `x` by its position's angles (rotate-half layout)."""
-  dtype = x_BxTxNxH.dtype
+  dtype = x_BxTxAxH.dtype
   cos = cos_BxTxH[:, :, None, :].astype(dtype)
   sin = sin_BxTxH[:, :, None, :].astype(dtype)
-  first, second = jnp.split(x_BxTxNxH, 2, axis=-1)
+  first, second = jnp.split(x_BxTxAxH, 2, axis=-1)
   rotated = jnp.concatenate([-second, first], axis=-1)
-  return x_BxTxNxH * cos + rotated * sin
+  return x_BxTxAxH * cos + rotated * sin

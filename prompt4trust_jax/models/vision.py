@@ -1,6 +1,7 @@
 """The Qwen2-VL and Qwen2.5-VL vision transformers (patch embed, blocks, 2x2 merger).
 
-Images arrive one per row, `[I, L, C*tp*p*p]`, each padded to a common L (in the order
+Images arrive one per row, `[I, J, E]` (E = channels x tp x p x p values per patch), each
+padded to a common J (in the order
 Qwen's image processor emits: 2x2 merge blocks consecutive). Attention stays inside its row,
 so memory is linear in the number of images and quadratic only within one: ~1,000-token
 images packed into one sequence with a block-diagonal mask would need an `[8 x 4096]^2`
@@ -9,8 +10,7 @@ Within a row, segment ids say what attends to what: the image's patches (Qwen2-V
 Qwen2.5-VL's full-attention blocks) or a window of them (Qwen2.5-VL's other blocks), the
 same as HF's per-segment attention (the window permutation HF applies only reorders merge
 blocks; the merger and RoPE act per token). `vision_inputs` lays images out on the host.
-Axis legend: I images (frames), L patches per image, W vision width, M merged tokens,
-plus `layers.py`'s.
+Axis letters: the package's (`prompt4trust_jax/__init__.py`); I counts frames.
 """
 
 import dataclasses
@@ -93,7 +93,7 @@ def attention_implementation(name: str, dtype) -> str:
   return "pallas_tpu" if backend == "tpu" else "xla"
 
 
-def segment_attention(q_IxLxNxH, k_IxLxNxH, v_IxLxNxH, segment_IxL, scale: float,
+def segment_attention(q_IxJxAxH, k_IxJxAxH, v_IxJxAxH, segment_IxJ, scale: float,
                       implementation: str = "xla"):
   """Softmax attention within each row where query and key segment ids are equal.
 
@@ -103,25 +103,25 @@ def segment_attention(q_IxLxNxH, k_IxLxNxH, v_IxLxNxH, segment_IxL, scale: float
   """
   if implementation == "pallas_tpu":
     from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash
-    to_heads = lambda x: jnp.swapaxes(x, 1, 2)  # the kernel's [I, N, L, H]
+    to_heads = lambda x: jnp.swapaxes(x, 1, 2)  # the kernel's [I, A, J, H]
     out = tpu_flash.flash_attention(
-        to_heads(q_IxLxNxH), to_heads(k_IxLxNxH), to_heads(v_IxLxNxH),
-        segment_ids=tpu_flash.SegmentIds(segment_IxL, segment_IxL), sm_scale=scale)
+        to_heads(q_IxJxAxH), to_heads(k_IxJxAxH), to_heads(v_IxJxAxH),
+        segment_ids=tpu_flash.SegmentIds(segment_IxJ, segment_IxJ), sm_scale=scale)
     return to_heads(out)
   if implementation == "cudnn":
-    mask_Ix1xLxL = (segment_IxL[:, :, None] == segment_IxL[:, None, :])[:, None]
-    return jax.nn.dot_product_attention(q_IxLxNxH, k_IxLxNxH, v_IxLxNxH, mask=mask_Ix1xLxL,
+    mask_Ix1xJxJ = (segment_IxJ[:, :, None] == segment_IxJ[:, None, :])[:, None]
+    return jax.nn.dot_product_attention(q_IxJxAxH, k_IxJxAxH, v_IxJxAxH, mask=mask_Ix1xJxJ,
                                         scale=scale, implementation="cudnn")
 
   def one(args):
-    q_LxNxH, k_LxNxH, v_LxNxH, segment_L = args
-    mask_1xLxL = (segment_L[:, None] == segment_L[None, :])[None]
-    # One kv head per query head, in the layouts `attend` takes: keys [1, N, H, L],
-    # values [1, N, L, H].
-    return layers.attend(q_LxNxH[None], jnp.transpose(k_LxNxH, (1, 2, 0))[None],
-                         jnp.swapaxes(v_LxNxH, 0, 1)[None], mask_1xLxL, scale=scale)[0]
+    q_JxAxH, k_JxAxH, v_JxAxH, segment_J = args
+    mask_1xJxJ = (segment_J[:, None] == segment_J[None, :])[None]
+    # One kv head per query head, in the layouts `attend` takes: keys [1, A, H, J],
+    # values [1, A, J, H].
+    return layers.attend(q_JxAxH[None], jnp.transpose(k_JxAxH, (1, 2, 0))[None],
+                         jnp.swapaxes(v_JxAxH, 0, 1)[None], mask_1xJxJ, scale=scale)[0]
 
-  return jax.lax.map(one, (q_IxLxNxH, k_IxLxNxH, v_IxLxNxH, segment_IxL))
+  return jax.lax.map(one, (q_IxJxAxH, k_IxJxAxH, v_IxJxAxH, segment_IxJ))
 
 
 class VisionAttention(nnx.Module):
@@ -133,16 +133,16 @@ class VisionAttention(nnx.Module):
     self.qkv = layers.linear(cfg.width, 3 * cfg.width, use_bias=True, **kw)
     self.proj = layers.linear(cfg.width, cfg.width, use_bias=True, **kw)
 
-  def __call__(self, x_IxLxW, cos_IxLxH, sin_IxLxH, segment_IxL):
-    I, L, W = x_IxLxW.shape
-    qkv = self.qkv(x_IxLxW.reshape(I * L, W)).reshape(I, L, 3, self.num_heads, self.head_dim)
+  def __call__(self, x_IxJxW, cos_IxJxH, sin_IxJxH, segment_IxJ):
+    I, J, W = x_IxJxW.shape
+    qkv = self.qkv(x_IxJxW.reshape(I * J, W)).reshape(I, J, 3, self.num_heads, self.head_dim)
     # HF rotates vision q/k in float32 whatever the compute dtype.
     q, k, v = (qkv[:, :, i] for i in range(3))
-    q = rope.apply(q.astype(jnp.float32), cos_IxLxH, sin_IxLxH).astype(v.dtype)
-    k = rope.apply(k.astype(jnp.float32), cos_IxLxH, sin_IxLxH).astype(v.dtype)
-    out_IxLxNxH = segment_attention(q, k, v, segment_IxL, self.head_dim**-0.5,
+    q = rope.apply(q.astype(jnp.float32), cos_IxJxH, sin_IxJxH).astype(v.dtype)
+    k = rope.apply(k.astype(jnp.float32), cos_IxJxH, sin_IxJxH).astype(v.dtype)
+    out_IxJxAxH = segment_attention(q, k, v, segment_IxJ, self.head_dim**-0.5,
                                     self.implementation)
-    return self.proj(out_IxLxNxH.reshape(I * L, W)).reshape(I, L, W)
+    return self.proj(out_IxJxAxH.reshape(I * J, W)).reshape(I, J, W)
 
 
 class QuickGeluMLP(nnx.Module):
@@ -170,9 +170,9 @@ class VisionBlock(nnx.Module):
     else:
       self.mlp = QuickGeluMLP(cfg, rngs=rngs)
 
-  def __call__(self, x_IxLxW, cos_IxLxH, sin_IxLxH, segment_IxL):
-    x_IxLxW = x_IxLxW + self.attn(self.norm1(x_IxLxW), cos_IxLxH, sin_IxLxH, segment_IxL)
-    return x_IxLxW + self.mlp(self.norm2(x_IxLxW))
+  def __call__(self, x_IxJxW, cos_IxJxH, sin_IxJxH, segment_IxJ):
+    x_IxJxW = x_IxJxW + self.attn(self.norm1(x_IxJxW), cos_IxJxH, sin_IxJxH, segment_IxJ)
+    return x_IxJxW + self.mlp(self.norm2(x_IxJxW))
 
 
 class PatchMerger(nnx.Module):
@@ -186,10 +186,11 @@ class PatchMerger(nnx.Module):
     self.fc1 = layers.linear(cfg.width * self.unit, cfg.width * self.unit, **kw)
     self.fc2 = layers.linear(cfg.width * self.unit, cfg.out_dim, **kw)
 
-  def __call__(self, x_IxLxW):
-    I, L, W = x_IxLxW.shape
-    x_MxU = self.ln_q(x_IxLxW).reshape(I * L // self.unit, W * self.unit)
-    return self.fc2(jax.nn.gelu(self.fc1(x_MxU), approximate=False))
+  def __call__(self, x_IxJxW):
+    I, J, W = x_IxJxW.shape
+    # M merged tokens, each its `unit` patches' features side by side.
+    merged = self.ln_q(x_IxJxW).reshape(I * J // self.unit, W * self.unit)
+    return self.fc2(jax.nn.gelu(self.fc1(merged), approximate=False))
 
 
 class VisionTransformer(nnx.Module):
@@ -208,25 +209,25 @@ class VisionTransformer(nnx.Module):
     """Merged image tokens `[M, out_dim]` in order, M = `len(inputs.index_M)`."""
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
-    kernel_KxW = self.patch_embed[...].reshape(cfg.patch_dim, cfg.width)
-    x_IxLxW = jnp.einsum("ilk,kw->ilw", inputs.pixels_IxLxK.astype(dtype), kernel_KxW.astype(dtype))
+    kernel_ExW = self.patch_embed[...].reshape(cfg.patch_dim, cfg.width)
+    x_IxJxW = jnp.einsum("ije,ew->ijw", inputs.pixels_IxJxE.astype(dtype), kernel_ExW.astype(dtype))
     inv_freq = rope.inverse_frequencies(cfg.head_dim // 2, cfg.rope_theta)
-    angles_IxLx2xh = inputs.positions_IxLx2.astype(jnp.float32)[..., None] * inv_freq
-    angles_IxLxH = jnp.tile(angles_IxLx2xh.reshape(*angles_IxLx2xh.shape[:2], -1), 2)
-    cos_IxLxH, sin_IxLxH = jnp.cos(angles_IxLxH), jnp.sin(angles_IxLxH)
+    angles_IxJx2xh = inputs.positions_IxJx2.astype(jnp.float32)[..., None] * inv_freq
+    angles_IxJxH = jnp.tile(angles_IxJx2xh.reshape(*angles_IxJx2xh.shape[:2], -1), 2)
+    cos_IxJxH, sin_IxJxH = jnp.cos(angles_IxJxH), jnp.sin(angles_IxJxH)
     for i, block in enumerate(self.blocks):
       use_window = cfg.qwen2_5 and i not in cfg.fullatt_block_indexes
-      x_IxLxW = block(x_IxLxW, cos_IxLxH, sin_IxLxH,
-                      inputs.window_IxL if use_window else inputs.image_IxL)
-    return jnp.take(self.merger(x_IxLxW), inputs.index_M, axis=0)
+      x_IxJxW = block(x_IxJxW, cos_IxJxH, sin_IxJxH,
+                      inputs.window_IxJ if use_window else inputs.image_IxJ)
+    return jnp.take(self.merger(x_IxJxW), inputs.index_M, axis=0)
 
 
 class VisionInputs(NamedTuple):
   """Images laid out one per row for `VisionTransformer` (a pytree; see `vision_inputs`)."""
-  pixels_IxLxK: np.ndarray
-  positions_IxLx2: np.ndarray  # each patch's (row, column) in its image
-  image_IxL: np.ndarray  # 0 for the image's patches, -1 for padding
-  window_IxL: np.ndarray  # the patch's window id (Qwen2.5-VL), -1 for padding
+  pixels_IxJxE: np.ndarray
+  positions_IxJx2: np.ndarray  # each patch's (row, column) in its image
+  image_IxJ: np.ndarray  # 0 for the image's patches, -1 for padding
+  window_IxJ: np.ndarray  # the patch's window id (Qwen2.5-VL), -1 for padding
   index_M: np.ndarray  # where each image's merged tokens are, images in order, then padding
 
 
@@ -254,15 +255,15 @@ def vision_inputs(pixel_values, image_grid_thw, cfg: VisionConfig,
     raise ValueError(f"pixel_values has {pixels.shape[0]} patches but image_grid_thw describes "
                      f"{start}.")
   longest = int(max(h * w for _, h, w in frames))
-  L = max(64, padding.bucket_length(longest)) if length is None else length
+  J = max(64, padding.bucket_length(longest)) if length is None else length
   I = padding.bucket_batch(len(frames)) if images is None else images
-  if L < longest or I < len(frames) or L % (m * m):
+  if J < longest or I < len(frames) or J % (m * m):
     raise ValueError(f"{len(frames)} images of up to {longest} patches "
-                     f"do not fit {I} rows of {L} (a multiple of {m * m}).")
-  pixels_IxLxK = np.zeros((I, L, pixels.shape[1]), np.float32)
-  positions_IxLx2 = np.zeros((I, L, 2), np.int32)
-  image_IxL = np.full((I, L), -1, np.int32)
-  window_IxL = np.full((I, L), -1, np.int32)
+                     f"do not fit {I} rows of {J} (a multiple of {m * m}).")
+  pixels_IxJxE = np.zeros((I, J, pixels.shape[1]), np.float32)
+  positions_IxJx2 = np.zeros((I, J, 2), np.int32)
+  image_IxJ = np.full((I, J), -1, np.int32)
+  window_IxJ = np.full((I, J), -1, np.int32)
   index = []
   for row, (first, h, w) in enumerate(frames):
     n = h * w
@@ -272,12 +273,12 @@ def vision_inputs(pixel_values, image_grid_thw, cfg: VisionConfig,
     hpos = hh.reshape(block).transpose(0, 2, 1, 3).reshape(-1)
     wpos = ww.reshape(block).transpose(0, 2, 1, 3).reshape(-1)
     n_win_w = -(-(w // m) // window_units)
-    pixels_IxLxK[row, :n] = pixels[first:first + n]
-    positions_IxLx2[row, :n] = np.stack([hpos, wpos], -1)
-    image_IxL[row, :n] = 0
-    window_IxL[row, :n] = (hpos // m // window_units) * n_win_w + wpos // m // window_units
-    index.append(row * (L // (m * m)) + np.arange(n // (m * m)))
+    pixels_IxJxE[row, :n] = pixels[first:first + n]
+    positions_IxJx2[row, :n] = np.stack([hpos, wpos], -1)
+    image_IxJ[row, :n] = 0
+    window_IxJ[row, :n] = (hpos // m // window_units) * n_win_w + wpos // m // window_units
+    index.append(row * (J // (m * m)) + np.arange(n // (m * m)))
   index_M = np.concatenate(index).astype(np.int32)
   merged = len(index_M)
   index_M = np.concatenate([index_M, np.zeros(padding.bucket_batch(merged) - merged, np.int32)])
-  return VisionInputs(pixels_IxLxK, positions_IxLx2, image_IxL, window_IxL, index_M), merged
+  return VisionInputs(pixels_IxJxE, positions_IxJx2, image_IxJ, window_IxJ, index_M), merged

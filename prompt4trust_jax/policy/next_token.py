@@ -106,15 +106,15 @@ def categorical(key: jax.Array, probs_BxV: jax.Array, block: int = 128) -> jax.A
   """
   B, V = probs_BxV.shape
   padded_BxV = jnp.pad(probs_BxV, ((0, 0), (0, -V % block)))
-  blocks_BxNxK = padded_BxV.reshape(B, -1, block)
-  mass_BxN = blocks_BxNxK.sum(-1)
-  cdf_BxN = jnp.cumsum(mass_BxN, axis=-1)
-  u_B = jax.random.uniform(key, (B,)) * cdf_BxN[:, -1]
-  n_B = jnp.minimum(jnp.sum(cdf_BxN <= u_B[:, None], axis=-1), mass_BxN.shape[1] - 1)
-  within_BxK = jnp.take_along_axis(blocks_BxNxK, n_B[:, None, None], axis=1)[:, 0]
-  rest_B = u_B - (jnp.take_along_axis(cdf_BxN, n_B[:, None], axis=1)[:, 0] - jnp.take_along_axis(
-      mass_BxN, n_B[:, None], axis=1)[:, 0])
-  k_B = jnp.minimum(jnp.sum(jnp.cumsum(within_BxK, axis=-1) <= rest_B[:, None], axis=-1), block - 1)
+  blocks_BxXxU = padded_BxV.reshape(B, -1, block)
+  mass_BxX = blocks_BxXxU.sum(-1)
+  cdf_BxX = jnp.cumsum(mass_BxX, axis=-1)
+  u_B = jax.random.uniform(key, (B,)) * cdf_BxX[:, -1]
+  n_B = jnp.minimum(jnp.sum(cdf_BxX <= u_B[:, None], axis=-1), mass_BxX.shape[1] - 1)
+  within_BxU = jnp.take_along_axis(blocks_BxXxU, n_B[:, None, None], axis=1)[:, 0]
+  rest_B = u_B - (jnp.take_along_axis(cdf_BxX, n_B[:, None], axis=1)[:, 0] - jnp.take_along_axis(
+      mass_BxX, n_B[:, None], axis=1)[:, 0])
+  k_B = jnp.minimum(jnp.sum(jnp.cumsum(within_BxU, axis=-1) <= rest_B[:, None], axis=-1), block - 1)
   token_B = jnp.minimum(n_B * block + k_B, V - 1)
   # Rounding at a block edge can land on an empty entry; take the mode instead (two
   # more passes over the vocabulary, so only when it happens).
@@ -143,13 +143,13 @@ def sample_token(logits_BxV: jax.Array, key: jax.Array, *, temperature: float, t
     vocab = logits_BxV.shape[-1]
     if 0 < top_k < vocab:
       logsumexp_B = jax.nn.logsumexp(scaled_BxV, axis=-1)
-      top_BxK, ids_BxK = jax.lax.top_k(scaled_BxV, top_k)  # sorted, most likely first
+      top_BxY, ids_BxY = jax.lax.top_k(scaled_BxV, top_k)  # sorted, most likely first
       if top_p < 1.0:
-        probs_BxK = jax.nn.softmax(top_BxK, axis=-1)
-        mass_before_BxK = jnp.cumsum(probs_BxK, axis=-1) - probs_BxK
-        top_BxK = jnp.where(mass_before_BxK < top_p, top_BxK, -jnp.inf)
-      choice_B = jax.random.categorical(key, top_BxK, axis=-1)
-      token_B = jnp.take_along_axis(ids_BxK, choice_B[:, None], axis=-1)[:, 0]
+        probs_BxY = jax.nn.softmax(top_BxY, axis=-1)
+        mass_before_BxY = jnp.cumsum(probs_BxY, axis=-1) - probs_BxY
+        top_BxY = jnp.where(mass_before_BxY < top_p, top_BxY, -jnp.inf)
+      choice_B = jax.random.categorical(key, top_BxY, axis=-1)
+      token_B = jnp.take_along_axis(ids_BxY, choice_B[:, None], axis=-1)[:, 0]
     else:
       # Unnormalised probabilities (the top one is 1), written once and shared by the
       # nucleus search, the draw and the log-probability's normaliser.

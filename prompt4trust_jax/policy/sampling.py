@@ -110,7 +110,7 @@ def decode_growing(graphdef, weights, head_DxV, state: DecodeState, rng, params:
       state = after_chunk(state)
 
 
-def start(model: DecoderModel, tokens_BxP, mask_BxP, rng, positions, image_embeds_IxD, head_DxV,
+def start(model: DecoderModel, tokens_BxP, mask_BxP, rng, positions, image_embeds_MxD, head_DxV,
           *, max_new_tokens: int, params: SamplingParams, copies: int = 1,
           slots: int | None = None, suffix_BxT=None, suffix_mask_BxT=None,
           trie: constraints.ChoiceTrie | None = None) -> DecodeState:
@@ -134,7 +134,7 @@ def start(model: DecoderModel, tokens_BxP, mask_BxP, rng, positions, image_embed
   s = init_state(model, B, P if copies > 1 else P + own, max_new_tokens, children,
                  params.pad_token_id, track_seen=params.penalized)
   s = s.replace(done_B=~mask_BxP.any(axis=-1))
-  h_BxD, s = prefill(model, s, model.embed(tokens_BxP, image_embeds_IxD), positions, mask_BxP,
+  h_BxD, s = prefill(model, s, model.embed(tokens_BxP, image_embeds_MxD), positions, mask_BxP,
                      tokens_BxP)
   if copies > 1:
     s = share(s, copies, own)
@@ -149,20 +149,20 @@ def start(model: DecoderModel, tokens_BxP, mask_BxP, rng, positions, image_embed
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "params", "copies",
                                              "slots"))
-def compiled_start(graphdef, weights, tokens_BxP, mask_BxP, rng, positions, image_embeds_IxD,
+def compiled_start(graphdef, weights, tokens_BxP, mask_BxP, rng, positions, image_embeds_MxD,
                    head_DxV, suffix_BxT=None, suffix_mask_BxT=None, trie=None, *,
                    max_new_tokens: int, params: SamplingParams, copies: int = 1,
                    slots: int | None = None) -> DecodeState:
   """`start` as one compiled call over a split model (`decode_growing` continues it)."""
   return start(nnx.merge(graphdef, weights), tokens_BxP, mask_BxP, rng, positions,
-               image_embeds_IxD, head_DxV, max_new_tokens=max_new_tokens, params=params,
+               image_embeds_MxD, head_DxV, max_new_tokens=max_new_tokens, params=params,
                copies=copies, slots=slots, suffix_BxT=suffix_BxT,
                suffix_mask_BxT=suffix_mask_BxT, trie=trie)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "params", "copies"))
 def generate_padded(graphdef, state, tokens_BxP, mask_BxP, rng, positions=None,
-                    image_embeds_IxD=None, head_DxV=None, *, max_new_tokens: int,
+                    image_embeds_MxD=None, head_DxV=None, *, max_new_tokens: int,
                     params: SamplingParams, copies: int = 1):
   """Pure, jitted core of `generate` over left-padded prompts (one compiled call).
 
@@ -177,7 +177,7 @@ def generate_padded(graphdef, state, tokens_BxP, mask_BxP, rng, positions=None,
   model = nnx.merge(graphdef, state)
   if head_DxV is None:
     head_DxV = head_layout.decode_head(model)
-  s = start(model, tokens_BxP, mask_BxP, rng, positions, image_embeds_IxD, head_DxV,
+  s = start(model, tokens_BxP, mask_BxP, rng, positions, image_embeds_MxD, head_DxV,
             max_new_tokens=max_new_tokens, params=params, copies=copies)
   s = decode(model, s, rng, params, head_DxV, max_new_tokens - 1)
   return s.tokens_BxN, s.logprobs_BxN, s.lengths_B

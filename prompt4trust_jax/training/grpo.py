@@ -22,15 +22,15 @@ def _group(rewards_B: jax.Array, group_size: int) -> jax.Array:
 
 def group_mean(rewards_B, group_size):
   """r - mean(group): the paper's setting (TRL scale_rewards=False, "Dr. GRPO")."""
-  r_PxG = _group(rewards_B, group_size)
-  return (r_PxG - r_PxG.mean(axis=1, keepdims=True)).reshape(-1)
+  r_QxG = _group(rewards_B, group_size)
+  return (r_QxG - r_QxG.mean(axis=1, keepdims=True)).reshape(-1)
 
 
 def group_std(rewards_B, group_size):
   """(r - mean(group)) / (std(group, ddof=1) + 1e-4): the original GRPO."""
-  r_PxG = _group(rewards_B, group_size)
-  std_Px1 = jnp.std(r_PxG, axis=1, ddof=1, keepdims=True)
-  return ((r_PxG - r_PxG.mean(axis=1, keepdims=True)) / (std_Px1 + 1e-4)).reshape(-1)
+  r_QxG = _group(rewards_B, group_size)
+  std_Qx1 = jnp.std(r_QxG, axis=1, ddof=1, keepdims=True)
+  return ((r_QxG - r_QxG.mean(axis=1, keepdims=True)) / (std_Qx1 + 1e-4)).reshape(-1)
 
 
 def batch_std(rewards_B, group_size):

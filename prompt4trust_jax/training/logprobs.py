@@ -3,10 +3,10 @@
 Two entry points with the same values:
   * `token_logprobs(logits_BxNxV, ...)` for logits already in hand (tests, small vocabularies);
   * `from_hidden(h_BxNxD, head_DxV, ...)` for the GRPO update and the reference forward:
-    the logits are made chunk by chunk of C sequence positions from the final hidden
+    the logits are made chunk by chunk of U sequence positions from the final hidden
     states and never exist whole. At the paper's size a `[B, N, V]` float32 copy is
     64 x 512 x 151,936 x 4 B = 19.9 GB; here the forward keeps `[B, N]` statistics and
-    the backward recomputes each chunk's logits, so the live logits are `[B, C, V]`.
+    the backward recomputes each chunk's logits, so the live logits are `[B, U, V]`.
 
 `logits[:, t]` is the distribution that produced `targets[:, t]`, the quantity the sampler
 records for what it emitted. Autodiff of log_softmax would write the full log-probs, their
@@ -35,24 +35,24 @@ def from_hidden(h_BxNxD: jax.Array, head_DxV: jax.Array, targets_BxN: jax.Array,
   """`token_logprobs(h @ head, targets)` without materialising `[B, N, V]`.
 
   `h` and `head` come in the compute dtype; logits are accumulated in float32 (as
-  `DecoderLM.logits` does). `chunk` C is the number of sequence positions whose logits
+  `DecoderLM.logits` does). `chunk` U is the number of sequence positions whose logits
   exist at once (None or >= N: all). Chunks run along the sequence, so every chunk keeps
   the batch axis, and with it the batch sharding of a data-parallel update.
   Differentiable in `h` and `head`.
   """
   B, N, D = h_BxNxD.shape
-  C = N if chunk is None or chunk >= N else int(chunk)
-  if C < 1:
+  U = N if chunk is None or chunk >= N else int(chunk)
+  if U < 1:
     raise ValueError(f"logprob chunk must be a positive number of positions, got {chunk}.")
-  pad = -N % C
-  h_BxMxD = jnp.pad(h_BxNxD, ((0, 0), (0, pad), (0, 0)))
-  targets_BxM = jnp.pad(targets_BxN, ((0, 0), (0, pad)))
-  K = (N + pad) // C  # number of chunks
-  h_KxBxCxD = jnp.swapaxes(h_BxMxD.reshape(B, K, C, D), 0, 1)
-  targets_KxBxC = jnp.swapaxes(targets_BxM.reshape(B, K, C), 0, 1)
-  logp_KxBxC, entropy_KxBxC = _chunked(h_KxBxCxD, head_DxV, targets_KxBxC)
-  unchunk = lambda x_KxBxC: jnp.swapaxes(x_KxBxC, 0, 1).reshape(B, K * C)[:, :N]
-  return unchunk(logp_KxBxC), unchunk(entropy_KxBxC)
+  pad = -N % U
+  padded_h_BxNxD = jnp.pad(h_BxNxD, ((0, 0), (0, pad), (0, 0)))
+  padded_targets_BxN = jnp.pad(targets_BxN, ((0, 0), (0, pad)))
+  X = (N + pad) // U  # number of chunks
+  h_XxBxUxD = jnp.swapaxes(padded_h_BxNxD.reshape(B, X, U, D), 0, 1)
+  targets_XxBxU = jnp.swapaxes(padded_targets_BxN.reshape(B, X, U), 0, 1)
+  logp_XxBxU, entropy_XxBxU = _chunked(h_XxBxUxD, head_DxV, targets_XxBxU)
+  unchunk = lambda x_XxBxU: jnp.swapaxes(x_XxBxU, 0, 1).reshape(B, X * U)[:, :N]
+  return unchunk(logp_XxBxU), unchunk(entropy_XxBxU)
 
 
 def _stats(z_BxNxV, targets_BxN):
@@ -112,35 +112,35 @@ def _dense_bwd(temperature, residuals, cotangents):
 _dense.defvjp(_dense_fwd, _dense_bwd)
 
 
-# -- Chunked: logits made from hidden states, K chunks of C positions. --------------------
+# -- Chunked: logits made from hidden states, X chunks of U positions. --------------------
 
-def _chunk_logits(h_BxCxD, head_DxV):
-  return jnp.einsum("bcd,dv->bcv", h_BxCxD, head_DxV, preferred_element_type=jnp.float32)
+def _chunk_logits(h_BxUxD, head_DxV):
+  return jnp.einsum("bcd,dv->bcv", h_BxUxD, head_DxV, preferred_element_type=jnp.float32)
 
 
 @jax.custom_vjp
-def _chunked(h_KxBxCxD, head_DxV, targets_KxBxC):
-  return _chunked_stats(h_KxBxCxD, head_DxV, targets_KxBxC)[:2]
+def _chunked(h_XxBxUxD, head_DxV, targets_XxBxU):
+  return _chunked_stats(h_XxBxUxD, head_DxV, targets_XxBxU)[:2]
 
 
-def _chunked_stats(h_KxBxCxD, head_DxV, targets_KxBxC):
+def _chunked_stats(h_XxBxUxD, head_DxV, targets_XxBxU):
   def one(args):
-    h_BxCxD, targets_BxC = args
-    return _stats(_chunk_logits(h_BxCxD, head_DxV), targets_BxC)
+    h_BxUxD, targets_BxU = args
+    return _stats(_chunk_logits(h_BxUxD, head_DxV), targets_BxU)
 
-  return jax.lax.map(one, (h_KxBxCxD, targets_KxBxC))
+  return jax.lax.map(one, (h_XxBxUxD, targets_XxBxU))
 
 
 def _chunked_fwd(h, head, targets):
   # Symbolic zeros (`defvjp` below): each argument comes with whether it is differentiated.
   # A frozen head (LoRA, or a model whose head is not trained) then costs the backward no
   # [D, V] float32 accumulator and no third of its matmuls.
-  h_KxBxCxD, head_DxV, targets_KxBxC = h.value, head.value, targets.value
-  logp_KxBxC, entropy_KxBxC, lse_KxBxC = _chunked_stats(h_KxBxCxD, head_DxV, targets_KxBxC)
-  residuals = (h_KxBxCxD, head_DxV, targets_KxBxC, lse_KxBxC, entropy_KxBxC)
+  h_XxBxUxD, head_DxV, targets_XxBxU = h.value, head.value, targets.value
+  logp_XxBxU, entropy_XxBxU, lse_XxBxU = _chunked_stats(h_XxBxUxD, head_DxV, targets_XxBxU)
+  residuals = (h_XxBxUxD, head_DxV, targets_XxBxU, lse_XxBxU, entropy_XxBxU)
   # Residuals hold arrays only, so whether the head is trained travels as pytree
   # structure: () when it is, None when not.
-  return (logp_KxBxC, entropy_KxBxC), (residuals, () if head.perturbed else None)
+  return (logp_XxBxU, entropy_XxBxU), (residuals, () if head.perturbed else None)
 
 
 def _dense_cotangent(g, like):
@@ -151,27 +151,27 @@ def _dense_cotangent(g, like):
 
 
 def _chunked_bwd(residuals_and_head, cotangents):
-  (h_KxBxCxD, head_DxV, targets_KxBxC, lse_KxBxC, entropy_KxBxC), train_head = residuals_and_head
+  (h_XxBxUxD, head_DxV, targets_XxBxU, lse_XxBxU, entropy_XxBxU), train_head = residuals_and_head
   train_head = train_head is not None
-  g_logp_KxBxC, g_entropy_KxBxC = (_dense_cotangent(g, lse_KxBxC) for g in cotangents)
-  dtype = h_KxBxCxD.dtype
+  g_logp_XxBxU, g_entropy_XxBxU = (_dense_cotangent(g, lse_XxBxU) for g in cotangents)
+  dtype = h_XxBxUxD.dtype
 
   def one(dhead_DxV, args):
-    h_BxCxD, targets_BxC, lse_BxC, entropy_BxC, g_logp_BxC, g_entropy_BxC = args
-    dz_BxCxV = _dz(_chunk_logits(h_BxCxD, head_DxV), targets_BxC, lse_BxC, entropy_BxC,
-                   g_logp_BxC, g_entropy_BxC).astype(dtype)
-    dh_BxCxD = jnp.einsum("bcv,dv->bcd", dz_BxCxV, head_DxV, preferred_element_type=jnp.float32)
+    h_BxUxD, targets_BxU, lse_BxU, entropy_BxU, g_logp_BxU, g_entropy_BxU = args
+    dz_BxUxV = _dz(_chunk_logits(h_BxUxD, head_DxV), targets_BxU, lse_BxU, entropy_BxU,
+                   g_logp_BxU, g_entropy_BxU).astype(dtype)
+    dh_BxUxD = jnp.einsum("bcv,dv->bcd", dz_BxUxV, head_DxV, preferred_element_type=jnp.float32)
     if train_head:
-      dhead_DxV = dhead_DxV + jnp.einsum("bcd,bcv->dv", h_BxCxD, dz_BxCxV,
+      dhead_DxV = dhead_DxV + jnp.einsum("bcd,bcv->dv", h_BxUxD, dz_BxUxV,
                                          preferred_element_type=jnp.float32)
-    return dhead_DxV, dh_BxCxD.astype(dtype)
+    return dhead_DxV, dh_BxUxD.astype(dtype)
 
   dhead_DxV = jnp.zeros(head_DxV.shape if train_head else (), jnp.float32)
-  dhead_DxV, dh_KxBxCxD = jax.lax.scan(
+  dhead_DxV, dh_XxBxUxD = jax.lax.scan(
       one, dhead_DxV,
-      (h_KxBxCxD, targets_KxBxC, lse_KxBxC, entropy_KxBxC, g_logp_KxBxC, g_entropy_KxBxC))
+      (h_XxBxUxD, targets_XxBxU, lse_XxBxU, entropy_XxBxU, g_logp_XxBxU, g_entropy_XxBxU))
   dhead_DxV = dhead_DxV.astype(head_DxV.dtype) if train_head else None
-  return dh_KxBxCxD, dhead_DxV, _float0(targets_KxBxC)
+  return dh_XxBxUxD, dhead_DxV, _float0(targets_XxBxU)
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd, symbolic_zeros=True)

@@ -79,18 +79,18 @@ def test_vision_windows_cover_each_image(vl_dir):
   grid = np.array([[1, 8, 12], [1, 4, 4]])
   pixels = np.arange(112)[:, None] * np.ones((1, config.vision.patch_dim), np.float32)
   inputs, merged = vision.vision_inputs(pixels, grid, config.vision, images=4, length=128)
-  assert merged == 28 and inputs.pixels_IxLxK.shape == (4, 128, config.vision.patch_dim)
+  assert merged == 28 and inputs.pixels_IxJxE.shape == (4, 128, config.vision.patch_dim)
   # One image per row, its patches first, in the processor's order; the rest is padding.
-  np.testing.assert_array_equal(inputs.pixels_IxLxK[0, :96, 0], np.arange(96))
-  np.testing.assert_array_equal(inputs.pixels_IxLxK[1, :16, 0], np.arange(96, 112))
-  assert (inputs.image_IxL[0, :96] == 0).all() and (inputs.image_IxL[0, 96:] == -1).all()
-  assert (inputs.image_IxL[1, :16] == 0).all() and (inputs.image_IxL[2:] == -1).all()
+  np.testing.assert_array_equal(inputs.pixels_IxJxE[0, :96, 0], np.arange(96))
+  np.testing.assert_array_equal(inputs.pixels_IxJxE[1, :16, 0], np.arange(96, 112))
+  assert (inputs.image_IxJ[0, :96] == 0).all() and (inputs.image_IxJ[0, 96:] == -1).all()
+  assert (inputs.image_IxJ[1, :16] == 0).all() and (inputs.image_IxJ[2:] == -1).all()
   # Merged tokens: image 0's 24 from row 0 (32 merged slots per row), then image 1's 4.
   np.testing.assert_array_equal(inputs.index_M[:merged],
                                 np.concatenate([np.arange(24), 32 + np.arange(4)]))
   if config.vision.qwen2_5:  # 2x2 merged units per window: 4x6 merged grid -> 6 windows
-    assert len(set(inputs.window_IxL[0, :96].tolist())) == 6
-    assert len(set(inputs.window_IxL[1, :16].tolist())) == 1
+    assert len(set(inputs.window_IxJ[0, :96].tolist())) == 6
+    assert len(set(inputs.window_IxJ[1, :16].tolist())) == 1
   with pytest.raises(ValueError, match="do not fit 1 rows of 128"):
     vision.vision_inputs(pixels, grid, config.vision, images=1, length=128)
 

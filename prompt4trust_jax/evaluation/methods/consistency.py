@@ -3,13 +3,13 @@
 The downstream is sampled `eval.consistency_samples` times per question at the baselines'
 `eval.sample_*` settings (the original's: 0.5 / 0.95 / top_k 100, 512 tokens, the text
 before the image), in one run that the entropy baseline may share. Inputs are per
-question S sampled answers: `letter_BxS` (option index, -1 when the response did not
-parse), `confidence_BxS` (verbalized, in [0, 1]) and `valid_BxS`.
+question G sampled answers: `letter_BxG` (option index, -1 when the response did not
+parse), `confidence_BxG` (verbalized, in [0, 1]) and `valid_BxG`.
 
 - Sample consistency (CSC) and average confidence (CSA): the answer is the first sample;
-  CSC = share of the other S-1 samples that agree with it; CSA = the agreeing samples'
-  confidences summed over all S-1 confidences. Two validity rules:
-  - "all" (the original's csc.py): a question is valid only if all S samples parse. An
+  CSC = share of the other G-1 samples (O) that agree with it; CSA = the agreeing samples'
+  confidences summed over all G-1 confidences. Two validity rules:
+  - "all" (the original's csc.py): a question is valid only if all G samples parse. An
     unparsed sample has answer -1 and confidence 1e-12 (the original's penalty), so when the
     first is unparsed the unparsed others "agree" with it: its CSC is their share and its
     CSA their tiny confidences over all (denominator + 1e-12, as there).
@@ -27,23 +27,23 @@ SAMPLES_RUN = "samples"  # the sampled run's name (shared with `entropy`)
 INVALID_CONFIDENCE = 1e-12  # the original's confidence of an unparsed response
 
 
-def sample_consistency(letter_BxS: jax.Array, confidence_BxS: jax.Array, valid_BxS: jax.Array,
+def sample_consistency(letter_BxG: jax.Array, confidence_BxG: jax.Array, valid_BxG: jax.Array,
                        valid: str = "all") -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-  """`(letter_B, csc_B, csa_B, valid_B)` from S >= 2 samples per question (module docstring)."""
-  if letter_BxS.shape[1] < 2:
+  """`(letter_B, csc_B, csa_B, valid_B)` from G >= 2 samples per question (module docstring)."""
+  if letter_BxG.shape[1] < 2:
     raise ValueError(f"Sample consistency needs >= 2 samples per question, got "
-                     f"{letter_BxS.shape[1]}.")
+                     f"{letter_BxG.shape[1]}.")
   if valid == "all":
-    return _consistency_all_valid(letter_BxS, confidence_BxS, valid_BxS.astype(bool))
+    return _consistency_all_valid(letter_BxG, confidence_BxG, valid_BxG.astype(bool))
   if valid != "first":
     raise ValueError(f"Unknown consistency validity rule {valid!r}; choose 'all' or 'first'.")
-  first_B, valid_B = letter_BxS[:, 0], valid_BxS[:, 0]
-  others_valid = valid_BxS[:, 1:]
-  agree_BxR = (letter_BxS[:, 1:] == first_B[:, None]) & others_valid
-  csc_B = agree_BxR.mean(axis=1)
-  others_conf_BxR = jnp.where(others_valid, confidence_BxS[:, 1:], 0.0)
-  total_B = others_conf_BxR.sum(axis=1)
-  agreeing_B = jnp.where(agree_BxR, others_conf_BxR, 0.0).sum(axis=1)
+  first_B, valid_B = letter_BxG[:, 0], valid_BxG[:, 0]
+  others_valid = valid_BxG[:, 1:]
+  agree_BxO = (letter_BxG[:, 1:] == first_B[:, None]) & others_valid
+  csc_B = agree_BxO.mean(axis=1)
+  others_conf_BxO = jnp.where(others_valid, confidence_BxG[:, 1:], 0.0)
+  total_B = others_conf_BxO.sum(axis=1)
+  agreeing_B = jnp.where(agree_BxO, others_conf_BxO, 0.0).sum(axis=1)
   # No confidence among the others: nothing supports the answer.
   csa_B = jnp.where(total_B > 0, agreeing_B / jnp.where(total_B > 0, total_B, 1.0), 0.0)
   zero = jnp.zeros_like(csc_B)
@@ -51,15 +51,15 @@ def sample_consistency(letter_BxS: jax.Array, confidence_BxS: jax.Array, valid_B
           jnp.where(valid_B, csa_B, zero), valid_B)
 
 
-def _consistency_all_valid(letter_BxS, confidence_BxS, valid_BxS):
-  letter_BxS = jnp.where(valid_BxS, letter_BxS, -1)
-  confidence_BxS = jnp.where(valid_BxS, confidence_BxS, INVALID_CONFIDENCE)
-  agree_BxR = letter_BxS[:, 1:] == letter_BxS[:, :1]
-  csc_B = agree_BxR.mean(axis=1)
-  others_BxR = confidence_BxS[:, 1:]
-  csa_B = (jnp.where(agree_BxR, others_BxR, 0.0).sum(axis=1)
-           / (others_BxR.sum(axis=1) + INVALID_CONFIDENCE))
-  return letter_BxS[:, 0], csc_B, csa_B, valid_BxS.all(axis=1)
+def _consistency_all_valid(letter_BxG, confidence_BxG, valid_BxG):
+  letter_BxG = jnp.where(valid_BxG, letter_BxG, -1)
+  confidence_BxG = jnp.where(valid_BxG, confidence_BxG, INVALID_CONFIDENCE)
+  agree_BxO = letter_BxG[:, 1:] == letter_BxG[:, :1]
+  csc_B = agree_BxO.mean(axis=1)
+  others_BxO = confidence_BxG[:, 1:]
+  csa_B = (jnp.where(agree_BxO, others_BxO, 0.0).sum(axis=1)
+           / (others_BxO.sum(axis=1) + INVALID_CONFIDENCE))
+  return letter_BxG[:, 0], csc_B, csa_B, valid_BxG.all(axis=1)
 
 
 @registry.register("consistency")

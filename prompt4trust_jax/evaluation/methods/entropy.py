@@ -4,8 +4,8 @@
 settings (`eval.entropy_sampling="downstream"`, the original's), or sharing the consistency
 baselines' samples ("consistency": one set of samples serves both; no-hint only). The
 answer is the most frequent valid letter (ties: the lowest index) and the confidence
-1 - H(letter frequencies) / log(K) over the valid samples; no valid sample is an invalid
-response.
+1 - H(letter frequencies) / log(C) over the valid samples (C options); no valid sample is
+an invalid response.
 """
 
 import jax
@@ -15,17 +15,17 @@ from prompt4trust_jax.evaluation import registry
 from prompt4trust_jax.evaluation.methods import consistency
 
 
-def entropy_confidence(letter_BxS: jax.Array, valid_BxS: jax.Array, num_options: int = 4
+def entropy_confidence(letter_BxG: jax.Array, valid_BxG: jax.Array, num_options: int = 4
                        ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """`(letter_B, confidence_B, valid_B)`: the modal letter and 1 - normalised entropy."""
-  counts_BxK = (jax.nn.one_hot(letter_BxS, num_options) * valid_BxS[..., None]).sum(axis=1)
-  n_B = counts_BxK.sum(axis=1)
+  counts_BxC = (jax.nn.one_hot(letter_BxG, num_options) * valid_BxG[..., None]).sum(axis=1)
+  n_B = counts_BxC.sum(axis=1)
   valid_B = n_B > 0
-  p_BxK = counts_BxK / jnp.maximum(n_B, 1.0)[:, None]
-  entropy_B = -jnp.sum(jnp.where(p_BxK > 0, p_BxK * jnp.log(jnp.where(p_BxK > 0, p_BxK, 1.0)),
+  p_BxC = counts_BxC / jnp.maximum(n_B, 1.0)[:, None]
+  entropy_B = -jnp.sum(jnp.where(p_BxC > 0, p_BxC * jnp.log(jnp.where(p_BxC > 0, p_BxC, 1.0)),
                                  0.0), axis=1)
   confidence_B = jnp.where(valid_B, 1.0 - entropy_B / jnp.log(num_options), 0.0)
-  letter_B = jnp.where(valid_B, jnp.argmax(counts_BxK, axis=1), -1)
+  letter_B = jnp.where(valid_B, jnp.argmax(counts_BxC, axis=1), -1)
   return letter_B, confidence_B, valid_B
 
 
