@@ -43,10 +43,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from prompt4trust_jax.data import validation
+from prompt4trust_jax.downstream import parsing
 
 COLUMNS = ("Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D",
            "Answer_label")
-LETTERS = "ABCD"
+LETTERS = parsing.LETTERS  # PMC-VQA's option letters are the ones the parsers read
 # How `paper`-like configs choose train/val rows (see the module docstring).
 SELECTIONS = ("reference_draw", "permutation")
 
