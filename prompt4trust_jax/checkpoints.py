@@ -3,11 +3,10 @@
 resumed, and the policy alone loaded into a model or exported as hub safetensors.
 """
 
-import os
-
 import grain
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from prompt4trust_jax import models, run_models
@@ -18,11 +17,18 @@ def _state(state) -> dict:
   return {"params": state.params, "opt_state": state.opt_state, "step": state.step}
 
 
+def checkpoint_dir(workdir: str) -> epath.Path:
+  """`<workdir>/checkpoints`, absolute (Orbax needs it so); a remote workdir (`gs://...`)
+  stays the URL it is."""
+  path = epath.Path(workdir)
+  return (path if "://" in str(workdir) else path.absolute()) / "checkpoints"
+
+
 def manager(workdir: str, keep: int | None = None) -> ocp.CheckpointManager:
   """The run's checkpoint manager (keeping the latest `keep`; None: all)."""
   return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"),
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+      checkpoint_dir(workdir), options=ocp.CheckpointManagerOptions(max_to_keep=keep,
+                                                                    create=True))
 
 
 def load_policy(workdir: str, policy: nnx.Module, step: int | None = None) -> int:

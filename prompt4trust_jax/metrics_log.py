@@ -4,21 +4,32 @@ import json
 import os
 import time
 
+import jax
 from absl import logging
 
 
 class Logger:
-  """absl progress lines, a JSONL file and TensorBoard events in the workdir."""
+  """absl progress lines, a JSONL file and TensorBoard events in the workdir.
 
-  def __init__(self, workdir: str, total_rollouts: int, num_iterations: int):
+  In a multi-host run every host holds the same (globally reduced) metrics; only process 0
+  writes them (`writer`), so each record and progress line appears once.
+  """
+
+  def __init__(self, workdir: str, total_rollouts: int, num_iterations: int,
+               writer: bool | None = None):
+    self.writer = jax.process_index() == 0 if writer is None else writer
+    self.total, self.start, self.first = total_rollouts, time.time(), None
+    self.num_iterations = num_iterations
+    if not self.writer:
+      return
     from tensorboardX import SummaryWriter  # a small writer without TensorFlow
     self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
     self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-    self.total, self.start, self.first = total_rollouts, time.time(), None
-    self.num_iterations = num_iterations
 
   def write(self, rollout: int, metrics: dict[str, float]):
     """One record per rollout; TensorBoard's x axis is the optimizer step (TRL's)."""
+    if not self.writer:
+      return
     optimizer_step = rollout * self.num_iterations
     self.jsonl.write(json.dumps({"rollout": rollout, "optimizer_step": optimizer_step,
                                  **metrics}) + "\n")
@@ -36,5 +47,7 @@ class Logger:
                  metrics.get("downstream/ece", float("nan")), metrics.get("loss", float("nan")))
 
   def close(self):
+    if not self.writer:
+      return
     self.jsonl.close()
     self.tb.close()

@@ -7,6 +7,7 @@ divide a dimension is dropped (that dimension is replicated), so one rule table 
 mesh from one CPU to a pod slice.
 """
 
+import os
 import re
 
 import jax
@@ -104,13 +105,26 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+# Read by `initialize_distributed` when its arguments are unset (JAX itself reads only the
+# coordinator's address from the environment, not the process count or id).
+DISTRIBUTED_ENV = {"coordinator_address": "JAX_COORDINATOR_ADDRESS",
+                   "num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
+
+
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None) -> None:
   """Joins a multi-host run; call before anything touches a device.
 
   On a TPU pod slice (and under SLURM or Open MPI) every argument is discovered; on
   plain GPU hosts pass the coordinator's host:port, the process count and this
-  host's index (or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
+  host's index, or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+  On CPU hosts the processes' collectives run over gloo.
   """
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
+  given = dict(coordinator_address=coordinator_address, num_processes=num_processes,
+               process_id=process_id)
+  for name, variable in DISTRIBUTED_ENV.items():
+    if given[name] is None and os.environ.get(variable):
+      value = os.environ[variable]
+      given[name] = value if name == "coordinator_address" else int(value)
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices' only
+  jax.distributed.initialize(**given)

@@ -162,3 +162,10 @@ def test_lora_run_checkpoints_adapters_only_and_exports_them_merged(tmp_path):
   adapted = np.asarray(policy(ids))
   # The base is stored in bfloat16; the merged kernels are rounded to it once more.
   np.testing.assert_allclose(np.asarray(exported(ids)), adapted, atol=0.05 * np.abs(adapted).max())
+
+
+def test_checkpoint_dir_keeps_a_remote_workdir_a_url(tmp_path, monkeypatch):
+  # os.path.abspath("gs://b/run") would be "<cwd>/gs:/b/run", a local folder.
+  assert str(checkpoints.checkpoint_dir("gs://bucket/run")) == "gs://bucket/run/checkpoints"
+  monkeypatch.chdir(tmp_path)
+  assert str(checkpoints.checkpoint_dir("run")) == str(tmp_path / "run" / "checkpoints")

@@ -10,13 +10,16 @@ repeat -> decode -> batch) whose iterator state (`get_state`/`set_state`, or
 """
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import grain
+import jax
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
-from prompt4trust_jax.downstream import images
 from prompt4trust_jax.data import medmcqa, pmc_vqa
+from prompt4trust_jax.downstream import images
 
 # The committed synthetic PMC-VQA copy (CSV + PNG scans) used by tests and the CPU demo.
 FIXTURE_DIR = os.path.join(os.path.dirname(__file__), "fixture", "pmc_vqa_tiny")
@@ -49,10 +52,22 @@ def source(name: str, split: str, data_dir: str, manual_dir: str | None = None,
                      "(with a config, e.g. 'pmc_vqa/paper').")
   decoders = {"image": tfds.decode.SkipDecoding()} if builder_name == "pmc_vqa" else None
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-  return tfds.data_source(
+  read = lambda: tfds.data_source(
       name, split=split, data_dir=data_dir, decoders=decoders,
       builder_kwargs={"strict": strict, "file_format": "array_record"},
       download_and_prepare_kwargs={"download_config": download_config})
+  return prepared_once(read, f"tfds {name} {split}")
+
+
+def prepared_once(read: Callable[[], Any], what: str):
+  """`read()` on process 0 first (preparing whatever it writes on first use), then on the
+  others once it is done: the hosts of a multi-host run would otherwise all prepare the same
+  files at once in a shared `data_dir`."""
+  if jax.process_count() == 1:
+    return read()
+  out = read() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices(f"prompt4trust_jax prepared: {what}")
+  return out if jax.process_index() == 0 else read()
 
 
 def configured_source(data_config, split: str, workdir: str) -> Sequence[dict]:

@@ -12,13 +12,13 @@ optimizer state, step, iterator state) continues bit for bit.
 """
 
 import math
-import os
 
 import jax
 import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 
 from prompt4trust_jax import (checkpoints, config_sections, data, metrics_log, models, prompts,
                                run_models, sharding)
@@ -67,9 +67,9 @@ def learning_rate(section, total_optimizer_steps: int):
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (or resumes) the policy; returns the last rollout's metrics."""
-  os.makedirs(workdir, exist_ok=True)
-  if config.get("distributed") is not None:
+  if config.get("distributed") is not None:  # before anything touches a device
     sharding.initialize_distributed(**config.distributed)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # may be remote (gs://...)
   mesh = sharding.make_mesh(**config.mesh)
   preset = prompts.preset(config.prompts.preset)
   policy, tokenizer, eos, policy_path = run_models.policy_model(config.policy, config.seed, mesh)
