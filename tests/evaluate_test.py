@@ -13,10 +13,9 @@ from configs import (demo, eval_abstain, eval_calibprompt, eval_demo, eval_noise
                      eval_prompt_search)
 from prompt4trust_jax import checkpoints, evaluation, fixtures, models, prompts
 from prompt4trust_jax.downstream import answerer as downstream
-from prompt4trust_jax.policy import hints
-from prompt4trust_jax.training import train
 from prompt4trust_jax.evaluation import harness, noise, registry, run_store
 from prompt4trust_jax.models import tokenizer as tokenizer_lib
+from prompt4trust_jax.policy import hints
 from tests import launch
 
 

@@ -10,7 +10,6 @@ import pytest
 
 from configs import demo
 from prompt4trust_jax import checkpoints, fixtures, run_models
-from prompt4trust_jax.training import train
 from tests import launch
 
 
