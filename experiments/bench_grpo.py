@@ -18,8 +18,8 @@ from absl import app, flags
 from flax import nnx
 
 from experiments import timing
-from prompt4trust_jax import fixtures, models
-from prompt4trust_jax.policy import padding, sampling
+from prompt4trust_jax import fixtures, models, padding
+from prompt4trust_jax.policy import sampling
 from prompt4trust_jax.training import grpo, update
 
 _SHAPE = flags.DEFINE_enum("shape", "small", ["tiny", "small"], "Policy shape.")

@@ -146,12 +146,10 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
   import jax.numpy as jnp
   from flax import nnx
 
-  from prompt4trust_jax import models, run_models, sharding
-
-  from prompt4trust_jax.policy import padding, sampling
-
-  from prompt4trust_jax.training import grpo, update
+  from prompt4trust_jax import models, padding, run_models, sharding
   from prompt4trust_jax.models import lora, vision
+  from prompt4trust_jax.policy import sampling
+  from prompt4trust_jax.training import grpo, update
 
   config = _half_precision_as_on_accelerators(config)
   mesh = sharding.make_mesh(**config.mesh)

@@ -4,7 +4,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from prompt4trust_jax import fixtures, host_memory
-
 from prompt4trust_jax.training import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Experiment config file.")

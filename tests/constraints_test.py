@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from prompt4trust_jax import fixtures
-
 from prompt4trust_jax.downstream import constraints, parsing
 
 

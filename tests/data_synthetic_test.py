@@ -13,9 +13,8 @@ import pytest
 from PIL import Image
 
 from prompt4trust_jax import data
-
-from prompt4trust_jax.downstream import images
 from prompt4trust_jax.data import synthetic, validation
+from prompt4trust_jax.downstream import images
 
 FIXTURE = data.FIXTURE_DIR
 # PMC-VQA's header, written out rather than taken from the library under test.

@@ -10,13 +10,10 @@ from flax import nnx
 from PIL import Image
 
 from prompt4trust_jax import fixtures, models
-
 from prompt4trust_jax.downstream import images, parsing
-
 from prompt4trust_jax.downstream import answerer as downstream
-
-from prompt4trust_jax.policy import sampling
 from prompt4trust_jax.models import qwen2_vl
+from prompt4trust_jax.policy import sampling
 
 OPTIONS = ("A:CT scan", "B:MRI", "C:X-ray", "D:Ultrasound")
 

@@ -8,11 +8,9 @@ import pytest
 from flax import nnx
 
 from prompt4trust_jax import models
-
-from prompt4trust_jax.policy import sampling
-
-from prompt4trust_jax.training import grpo, reference, update
 from prompt4trust_jax.models import lora
+from prompt4trust_jax.policy import sampling
+from prompt4trust_jax.training import grpo, reference, update
 
 TOY = models.Qwen2Config(vocab_size=64, hidden_size=64, intermediate_size=128, num_layers=2,
                          num_heads=4, num_kv_heads=2, tie_word_embeddings=True)

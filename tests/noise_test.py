@@ -11,7 +11,8 @@ from PIL import Image
 from prompt4trust_jax.evaluation import noise
 
 _FIXTURE_IMAGES = sorted(glob.glob(os.path.join(
-    os.path.dirname(os.path.dirname(noise.__file__)), "data", "fixture", "pmc_vqa_tiny", "images", "*.png")))
+    os.path.dirname(os.path.dirname(noise.__file__)), "data", "fixture", "pmc_vqa_tiny",
+    "images", "*.png")))
 _OPTIONS = ("A:Left lower lobe consolidation ", "B: Right pleural effusion",
             "C:Normal chest examination ", "D:Magnetic resonance imaging without contrast ")
 _QUESTIONS = (

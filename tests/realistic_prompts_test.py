@@ -16,12 +16,10 @@ import transformers
 from PIL import Image
 
 from prompt4trust_jax import models, prompts
-
 from prompt4trust_jax.downstream import answerer as downstream
-
-from prompt4trust_jax.policy import hints
 from prompt4trust_jax.evaluation import soft_prompt
 from prompt4trust_jax.evaluation.methods import abstain, prompt_search
+from prompt4trust_jax.policy import hints
 from tests import realistic
 
 # PMC-VQA's option cells end in a space; the question in this copy has stray spaces too.

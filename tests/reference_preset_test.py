@@ -8,8 +8,8 @@ import pytest
 from configs import eval_pmcvqa, pmcvqa
 from prompt4trust_jax import run_models
 from prompt4trust_jax.downstream import answerer as downstream
-from prompt4trust_jax.training import train
 from prompt4trust_jax.models import generation_config
+from prompt4trust_jax.training import train
 
 
 def test_batch_and_schedule_are_the_originals():

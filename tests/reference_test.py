@@ -7,7 +7,6 @@ import optax
 from flax import nnx
 
 from prompt4trust_jax import models
-
 from prompt4trust_jax.training import grpo, reference, update
 
 TOY = models.Qwen2Config(vocab_size=64, hidden_size=64, intermediate_size=128, num_layers=2,

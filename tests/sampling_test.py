@@ -8,11 +8,9 @@ import pytest
 import torch
 import transformers
 
-from prompt4trust_jax import models
-
+from prompt4trust_jax import models, padding
 from prompt4trust_jax.downstream import constraints
-
-from prompt4trust_jax.policy import head_layout, padding, sampling
+from prompt4trust_jax.policy import head_layout, sampling
 from tests import hf_oracle
 
 

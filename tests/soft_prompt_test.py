@@ -9,10 +9,9 @@ import pytest
 from flax import nnx
 
 from configs import soft_prompt_demo
-from prompt4trust_jax import data, fixtures, sharding
+from prompt4trust_jax import data, fixtures, padding, sharding
 from prompt4trust_jax.downstream import answerer as downstream
 from prompt4trust_jax.evaluation import soft_prompt
-from prompt4trust_jax.policy import padding
 
 # Real tokens for a prompt made of token embeddings (8 of them: position errors grow with N).
 FRONT = "Think step-by-step, do not be over-confident."

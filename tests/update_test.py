@@ -7,10 +7,8 @@ import optax
 import pytest
 from flax import nnx
 
-from prompt4trust_jax import models
-
-from prompt4trust_jax.policy import padding, sampling
-
+from prompt4trust_jax import models, padding
+from prompt4trust_jax.policy import sampling
 from prompt4trust_jax.training import grpo, update
 
 TOY = models.Qwen2Config(vocab_size=64, hidden_size=64, intermediate_size=128, num_layers=2,

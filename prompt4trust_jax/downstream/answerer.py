@@ -30,14 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from prompt4trust_jax import config_sections, prompts
-
+from prompt4trust_jax import config_sections, padding, prompts
 from prompt4trust_jax.downstream import constraints, images, parsing
-
-from prompt4trust_jax.policy import head_layout, padding, sampling
 from prompt4trust_jax.models import families, generation_config
 from prompt4trust_jax.models import tokenizer as tokenizer_lib
 from prompt4trust_jax.models.protocol import DecoderModel, MultimodalModel
+from prompt4trust_jax.policy import head_layout, sampling
 
 MODES = ("verbalized", "structured", "logit")
 

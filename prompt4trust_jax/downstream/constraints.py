@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt4trust_jax import prompts
-
 from prompt4trust_jax.downstream import parsing
 
 

@@ -28,13 +28,11 @@ import numpy as np
 from absl import logging
 
 from prompt4trust_jax import calibration, checkpoints, data, prompts, run_models, sharding
-
 from prompt4trust_jax.downstream import answerer as downstream
-
-from prompt4trust_jax.policy import hints
 from prompt4trust_jax.evaluation import methods as _methods  # noqa: F401  (registers them)
 from prompt4trust_jax.evaluation import noise, registry, report, run_store
 from prompt4trust_jax.evaluation.registry import Run
+from prompt4trust_jax.policy import hints
 
 
 def plan(settings) -> list[Run]:

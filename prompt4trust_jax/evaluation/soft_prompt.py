@@ -31,13 +31,10 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx, struct
 
-from prompt4trust_jax import prompts
-
-from prompt4trust_jax.downstream import constraints
-
-from prompt4trust_jax.policy import padding
-from prompt4trust_jax.downstream import answerer as downstream_lib
+from prompt4trust_jax import padding, prompts
 from prompt4trust_jax import sharding as sharding_lib
+from prompt4trust_jax.downstream import constraints
+from prompt4trust_jax.downstream import answerer as downstream_lib
 from prompt4trust_jax.models import kv_cache as kv_cache_lib
 
 CHECKPOINT_DIR = "soft_prompt"

@@ -43,9 +43,10 @@ def loop_free() -> bool:
 
 
 def batch_constraint(x, leading: int = 0):
-  """`x` with its batch axis (after `leading` others, e.g. micro-batches) split over the batch axes (`sharding.BATCH_AXES`) of
-  the mesh it is traced under (`jax.set_mesh` / `jax.sharding.use_abstract_mesh`); unchanged
-  without one, or when those axes do not divide the batch.
+  """`x` with its batch axis (after `leading` others, e.g. micro-batches) split over the
+  batch axes (`sharding.BATCH_AXES`) of the mesh it is traced under (`jax.set_mesh` /
+  `jax.sharding.use_abstract_mesh`); unchanged without one, or when those axes do not
+  divide the batch.
 
   Why: the embedding table is split along the model width, so a lookup's output is too, and
   without a constraint XLA may keep every later layer width-split, each device computing

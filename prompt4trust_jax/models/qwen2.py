@@ -196,7 +196,8 @@ class Qwen2Decoder(nnx.Module):
                                   mask_BxTxS, layer_cache, cache_index)
       return layers.batch_constraint(x_BxTxD), layer_cache
 
-    x_BxTxD, stacked_cache = jax.lax.scan(body, layers.batch_constraint(x_BxTxD), (stacked_states, stacked_cache))
+    x_BxTxD, stacked_cache = jax.lax.scan(body, layers.batch_constraint(x_BxTxD),
+                                          (stacked_states, stacked_cache))
     if cache is not None:
       cache = tuple(jax.tree.map(lambda x: x[i], stacked_cache) for i in range(len(self.layers)))
     return self.norm(x_BxTxD), cache

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from prompt4trust_jax.policy import padding
+from prompt4trust_jax import padding
 from prompt4trust_jax.models import layers
 from prompt4trust_jax.models import rope
 

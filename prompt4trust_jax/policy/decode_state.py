@@ -27,10 +27,9 @@ import numpy as np
 from flax import struct
 
 from prompt4trust_jax.downstream import constraints
-
-from prompt4trust_jax.policy import next_token
 from prompt4trust_jax.models import kv_cache as kv_cache_lib
 from prompt4trust_jax.models.protocol import DecoderModel
+from prompt4trust_jax.policy import next_token
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,9 +7,8 @@ import jax
 from flax import nnx
 
 from prompt4trust_jax import prompts
-
-from prompt4trust_jax.policy import sampling
 from prompt4trust_jax.models import tokenizer as tokenizer_lib
+from prompt4trust_jax.policy import sampling
 
 
 class Completions(NamedTuple):

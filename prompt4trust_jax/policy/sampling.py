@@ -21,13 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from prompt4trust_jax import padding
 from prompt4trust_jax.downstream import constraints
-
-from prompt4trust_jax.policy import head_layout, padding
-from prompt4trust_jax.policy.decode_state import (DecodeState, SamplingParams, check_repetition_penalty,
-                                           emit, extend, init_state, prefill, share)
 from prompt4trust_jax.models import kv_cache as kv_cache_lib
 from prompt4trust_jax.models.protocol import DecoderModel, MultimodalModel
+from prompt4trust_jax.policy import head_layout
+from prompt4trust_jax.policy.decode_state import (DecodeState, SamplingParams,
+                                                  check_repetition_penalty, emit, extend,
+                                                  init_state, prefill, share)
 
 __all__ = [
     "GROW_SLOTS", "DecodeState", "GenerateOutput", "SamplingParams", "check_repetition_penalty",

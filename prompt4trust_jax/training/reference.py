@@ -15,9 +15,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from prompt4trust_jax import models
-
-from prompt4trust_jax.training import update
 from prompt4trust_jax.models import lora
+from prompt4trust_jax.training import update
 
 
 def _with_memory_kind(x: jax.Array, kind: str) -> jax.Array:

@@ -17,11 +17,8 @@ import numpy as np
 from flax import nnx
 
 from prompt4trust_jax import calibration
-
 from prompt4trust_jax.downstream import answerer as downstream
-
 from prompt4trust_jax.policy import hints
-
 from prompt4trust_jax.training import grpo, rewards, update
 
 

@@ -22,9 +22,7 @@ from etils import epath
 
 from prompt4trust_jax import (checkpoints, config_sections, data, metrics_log, models, prompts,
                                run_models, sharding)
-
 from prompt4trust_jax.downstream import answerer as downstream
-
 from prompt4trust_jax.training import grpo, reference, rewards, update
 from prompt4trust_jax.training import rollout as rollout_lib
 

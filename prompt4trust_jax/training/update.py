@@ -16,13 +16,13 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from prompt4trust_jax.training import grpo
-from prompt4trust_jax.training import logprobs as logprobs_lib
 from prompt4trust_jax import sharding as sharding_lib
 from prompt4trust_jax.models import kv_cache as kv_cache_lib
 from prompt4trust_jax.models import layers
 from prompt4trust_jax.models import lora
 from prompt4trust_jax.models.protocol import DecoderModel
+from prompt4trust_jax.training import grpo
+from prompt4trust_jax.training import logprobs as logprobs_lib
 
 
 @struct.dataclass

@@ -7,7 +7,6 @@ import pytest
 from flax import nnx
 
 from prompt4trust_jax import models
-
 from prompt4trust_jax.policy import sampling
 from tests import hf_oracle
 

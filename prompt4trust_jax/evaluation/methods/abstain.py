@@ -18,7 +18,6 @@ import re
 import numpy as np
 
 from prompt4trust_jax import prompts
-
 from prompt4trust_jax.downstream import parsing
 from prompt4trust_jax.evaluation import registry
 

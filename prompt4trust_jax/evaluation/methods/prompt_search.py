@@ -27,11 +27,9 @@ from absl import logging
 from flax import nnx
 
 from prompt4trust_jax import calibration, prompts
-
 from prompt4trust_jax.downstream import answerer as downstream
-
-from prompt4trust_jax.policy import hints
 from prompt4trust_jax.evaluation import registry
+from prompt4trust_jax.policy import hints
 
 REWRITE_INSTRUCTION = (
     "You improve instructions for a vision-language model that answers medical multiple-choice "
