@@ -137,8 +137,9 @@ PROGRAMS = ("policy_rollout", "vision_encoder", "downstream_answer", "reference_
 def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
          policy_shape: str = "qwen2p5_1p5b_instruct",
          downstream_shape: str = "qwen2_vl_2b_instruct",
-         programs: tuple[str, ...] = PROGRAMS) -> list[Program]:
-  """The step's programs (those named in `programs`), compiled on the config's mesh."""
+         programs: tuple[str, ...] = PROGRAMS, devices=None) -> list[Program]:
+  """The step's programs (those named in `programs`), compiled on the config's mesh (over
+  `devices`, default all)."""
   unknown = set(programs) - set(PROGRAMS)
   if unknown:
     raise ValueError(f"Unknown programs {sorted(unknown)}; choose from {PROGRAMS}.")
@@ -152,7 +153,7 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
   from prompt4trust_jax.training import grpo, update
 
   config = _half_precision_as_on_accelerators(config)
-  mesh = sharding.make_mesh(**config.mesh)
+  mesh = sharding.make_mesh(**config.mesh, devices=devices)
   replicated = sharding.replicated(mesh)
   batch_sh = sharding.batch_sharding(mesh)
   Q, G = config.data.questions_per_step, config.sampling.num_generations
@@ -180,9 +181,17 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
   whole = state.model_state()  # trained and frozen parameters together
   whole_sh = sharding.tree_shardings(whole, mesh)
 
-  def params_in(dtype):
+  def params_in(dtype, rules=None):
+    """The policy's parameters in `dtype`, laid out by `rules` (default: training's)."""
+    shardings = whole_sh if rules is None else sharding.tree_shardings(whole, mesh, rules)
     return _abstract(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype)),
-                                  whole), whole_sh)
+                                  whole), shardings)
+
+  def rows(shape, dtype, leading=0):
+    """An input whose axis `leading` holds rows: split over the batch axes when they divide it."""
+    split = shape[leading] % sharding.batch_devices(mesh) == 0
+    spec = jax.sharding.PartitionSpec(*(None,) * leading, sharding.BATCH_AXES)
+    return sds(shape, dtype, jax.sharding.NamedSharding(mesh, spec) if split else replicated)
 
   abstract_policy = nnx.eval_shape(lambda: build(policy_cfg))
 
@@ -196,10 +205,11 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
   reference = params_in(reference_dtype) if g.beta and adapters is None else None
   reference_on_device = reference is not None and not p.get("reference_host", False)
 
-  # The downstream, frozen, in its dtype.
+  # The downstream, frozen, in its dtype and the sampling layout (`Downstream.from_pretrained`).
   vl_cls, vl_cfg = _model_config(d, downstream_shape, True, dtype=d.dtype, param_dtype=d.dtype)
   vl_graphdef, vl_params = nnx.split(nnx.eval_shape(lambda: vl_cls(vl_cfg, rngs=nnx.Rngs(0))))
-  vl_params = _abstract(vl_params, sharding.tree_shardings(vl_params, mesh))
+  vl_params = _abstract(vl_params, sharding.tree_shardings(vl_params, mesh,
+                                                           sharding.sampling_rules()))
 
   held = {"train_state": per_device_bytes(state),
           "reference": per_device_bytes(reference) if reference_on_device else 0,
@@ -210,17 +220,22 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
     """Q prompts x G hints of up to N tokens (one compiled call)."""
     params = sampling.SamplingParams(temperature, config.sampling.top_k, config.sampling.top_p,
                                      (1,), 0, config.sampling.repetition_penalty)
-    sampler, sampler_graphdef = params_in(sampling_dtype), graphdef_in(sampling_dtype)
-    prompt = sds((Q, P), jnp.int32)
-    rollout = _compile(sampling.generate_padded.lower(
+    # The sampling copy (`sharding.sampling_copy`): fsdp shards gathered once per rollout.
+    sampler = params_in(sampling_dtype, sharding.sampling_rules())
+    sampler_graphdef = graphdef_in(sampling_dtype)
+    prompt = rows((Q, P), jnp.int32)
+    rollout = lambda: _compile(sampling.generate_padded.lower(
         sampler_graphdef, sampler, prompt, prompt, key, max_new_tokens=N, params=params,
         copies=G))
-    peak, flops = _compiled_stats(rollout)
-    # cost_analysis counts the decode loop's body once; it runs N - 1 times.
-    flops += (N - 2) * _decode_step_flops(sampler_graphdef, sampler, B, P + N, N, params, key)
-    # Parameters already in the sampling dtype are read from the train state (no copy).
-    shared = per_device_bytes([x for x in jax.tree.leaves(whole)
-                               if x.dtype == jnp.dtype(sampling_dtype)])
+    with sharding.using(mesh):
+      peak = _compiled_stats(rollout())[0]
+      flops = _unblocked_flops(rollout)  # the prefill without its layer scan or blocks
+      # cost_analysis counts the decode loop's body once; it runs N - 1 times.
+      flops += (N - 2) * _decode_step_flops(sampler_graphdef, sampler, B, P + N, N, params, key,
+                                            mesh)
+    # Without fsdp, parameters already in the sampling dtype are the train state's own (no copy).
+    shared = 0 if mesh.shape["fsdp"] > 1 else per_device_bytes(
+        [x for x in jax.tree.leaves(whole) if x.dtype == jnp.dtype(sampling_dtype)])
     return Program("policy_rollout", peak, flops, held_except() - shared)
 
   def vision_encoder():
@@ -228,13 +243,16 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
     vcfg = vl_cfg.vision
     L = padding.bucket_length(image_tokens * vcfg.merge_size**2)
     inputs = lambda I: vision.VisionInputs(
-        sds((I, L, vcfg.patch_dim), jnp.float32), sds((I, L, 2), jnp.int32),
-        sds((I, L), jnp.int32), sds((I, L), jnp.int32),
+        rows((I, L, vcfg.patch_dim), jnp.float32), rows((I, L, 2), jnp.int32),
+        rows((I, L), jnp.int32), rows((I, L), jnp.int32),
         sds((padding.bucket_batch(I * image_tokens),), jnp.int32))
     encoder = jax.jit(lambda s, x: nnx.merge(vl_graphdef, s).encode_images(x))
-    peak = _compiled_stats(_compile(encoder.lower(vl_params, inputs(Q))))[0]
-    # Work: one image (XLA's attention loops over the images), without query blocks, times Q.
-    flops = _unblocked_flops(lambda: _compile(encoder.lower(vl_params, inputs(1)))) * Q
+    # Each data-parallel device encodes its own images, one per step of the attention's loop.
+    D = sharding.batch_devices(mesh) if Q % sharding.batch_devices(mesh) == 0 else 1
+    with sharding.using(mesh):
+      peak = _compiled_stats(_compile(encoder.lower(vl_params, inputs(Q))))[0]
+      # Work: one image per device (XLA's loop body), without query blocks, times Q / D.
+      flops = _unblocked_flops(lambda: _compile(encoder.lower(vl_params, inputs(D)))) * Q / D
     return Program("vision_encoder", peak, flops, held_except("downstream"))
 
   def downstream_answer():
@@ -246,14 +264,15 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
     M = d.max_new_tokens
     program = _downstream_answer(vl_graphdef, G, M, params)
     answer = lambda: _compile(program.lower(
-        vl_params, sds((Q, prefix), jnp.int32), sds((Q, prefix), jnp.int32),
-        sds((3, Q, prefix), jnp.int32),
-        sds((Q * image_tokens, vl_cfg.text.hidden_size), jnp.dtype(d.dtype)),
-        sds((B, suffix), jnp.int32), sds((B, suffix), jnp.int32), key))
-    peak = _compiled_stats(answer())[0]
-    flops = _unblocked_flops(answer)  # without the prefill's block loops
-    flops += (M - 2) * _decode_step_flops(vl_graphdef, vl_params, B, prefix + suffix + M, M,
-                                          params, key)
+        vl_params, rows((Q, prefix), jnp.int32), rows((Q, prefix), jnp.int32),
+        rows((3, Q, prefix), jnp.int32, leading=1),
+        rows((Q * image_tokens, vl_cfg.text.hidden_size), jnp.dtype(d.dtype)),
+        rows((B, suffix), jnp.int32), rows((B, suffix), jnp.int32), key))
+    with sharding.using(mesh):
+      peak = _compiled_stats(answer())[0]
+      flops = _unblocked_flops(answer)  # without the prefill's block loops
+      flops += (M - 2) * _decode_step_flops(vl_graphdef, vl_params, B, prefix + suffix + M, M,
+                                            params, key, mesh)
     return Program("downstream_answer", peak, flops, held_except("downstream"))
 
   tokens = sds((B, P + N), jnp.int32, batch_sh)
@@ -266,10 +285,11 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
       ref_graphdef, ref_params = graphdef_in(reference_dtype), reference
     forward = lambda chunk: _compile(update.reference_logprobs.lower(
         ref_graphdef, ref_params, tokens, tokens, N, temperature, G, chunk))
-    peak = _compiled_stats(forward(g.get("logprob_chunk")))[0]
+    with sharding.using(mesh):
+      peak = _compiled_stats(forward(g.get("logprob_chunk")))[0]
+      flops = _unblocked_flops(lambda: forward(None))  # a program without loops
     if reference is None:
       peak -= per_device_bytes(whole)  # its arguments are the train state's own buffers
-    flops = _unblocked_flops(lambda: forward(None))  # a program without loops
     return Program("reference_logprobs", peak, flops, held_except("reference"))
 
   def update_step():
@@ -315,18 +335,26 @@ def _unblocked_flops(compile_fn) -> float:
   return flops
 
 
-def _decode_step_flops(graphdef, params, B, cache_length, max_new_tokens, sampling_params, key):
-  """Work of one decode step (a one-step `decode_chunk` at the full cache size)."""
+def _decode_step_flops(graphdef, params, B, cache_length, max_new_tokens, sampling_params, key,
+                       mesh):
+  """Work of one decode step (a one-step `decode_chunk` at the full cache size), its rows
+  split over the mesh's batch axes and the head laid out for sampling, as in a rollout."""
   import jax
   import jax.numpy as jnp
   from flax import nnx
+  from jax.sharding import NamedSharding, PartitionSpec
 
+  from prompt4trust_jax import sharding
   from prompt4trust_jax.policy import sampling
   model = nnx.eval_shape(lambda: nnx.merge(graphdef, params))
   state = jax.eval_shape(lambda: sampling.init_state(
       model, B, cache_length, max_new_tokens, track_seen=sampling_params.penalized))
-  head = jax.ShapeDtypeStruct((model.text_config.hidden_size, model.text_config.vocab_size),
-                              jnp.dtype(model.text_config.dtype))
+  split = B % sharding.batch_devices(mesh) == 0
+  state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(
+      mesh, PartitionSpec(sharding.BATCH_AXES) if split and x.ndim else PartitionSpec())), state)
+  shape = (model.text_config.hidden_size, model.text_config.vocab_size)
+  head = jax.ShapeDtypeStruct(shape, jnp.dtype(model.text_config.dtype), sharding=NamedSharding(
+      mesh, sharding.fit_spec(PartitionSpec(None, "tensor"), shape, mesh)))
   return _flops(_compile(sampling.decode_chunk.lower(graphdef, params, head, state, key,
                                                      steps=1, params=sampling_params)))
 

@@ -4,9 +4,12 @@ Prompt lengths and batch sizes are bucketed, so prompts of a similar size reuse 
 program; prompts are left padded, so every row writes step t at the same cache slot.
 """
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
+
+from prompt4trust_jax import sharding
 
 
 def bucket_length(n: int) -> int:
@@ -22,8 +25,18 @@ def bucket_length(n: int) -> int:
   return -(-n // step) * step
 
 
-def bucket_batch(n: int) -> int:
-  return 1 << (n - 1).bit_length()
+def bucket_batch(n: int, multiple: int = 1) -> int:
+  """The next power of two >= n, rounded up to a multiple of `multiple`."""
+  return -(-(1 << (n - 1).bit_length()) // multiple) * multiple
+
+
+def bucket_rows(n: int, copies: int = 1) -> int:
+  """`bucket_batch` for n prompts, each sampled `copies` times, whose rows are split over the
+  D data-parallel devices of the mesh set by `jax.set_mesh` (`sharding.batch_devices`):
+  prompts x copies is a multiple of D, so every device gets as many rows. (Fewer prompts
+  than D then share their prefill, computed on every device: the rows are what is split.)"""
+  devices = sharding.batch_devices()
+  return bucket_batch(n, devices // math.gcd(devices, copies))
 
 
 def left_pad(prompts: Sequence[Sequence[int]], length: int, batch: int, pad_token_id: int):

@@ -7,6 +7,7 @@ divide a dimension is dropped (that dimension is replicated), so one rule table 
 mesh from one CPU to a pod slice.
 """
 
+import contextlib
 import os
 import re
 
@@ -94,6 +95,50 @@ def tree_shardings(params, mesh: Mesh | None, rules=None):
 
 
 BATCH_AXES = ("data", "fsdp")  # the mesh axes examples are split over
+
+
+def sampling_rules(rules=None) -> tuple[tuple[str, P], ...]:
+  """`rules` (default `param_rules()`) without the `fsdp` axis: the sampling layout.
+
+  Sampling runs every row's decode step on its own device, so a weight split over fsdp would
+  be gathered (and its partial products reduced: the fsdp-split LM head's float32 logits,
+  `[rows, V]`) at every token. In this layout the weights are whole on every data-parallel
+  device and split over `tensor` only: the policy's sampling copy is gathered once per
+  rollout (`sampling_copy`), the frozen downstream is kept in it.
+  """
+  rules = param_rules() if rules is None else rules
+  def drop(axis):
+    if isinstance(axis, tuple):
+      kept = tuple(a for a in axis if a != "fsdp")
+      return kept[0] if len(kept) == 1 else (kept or None)
+    return None if axis == "fsdp" else axis
+  return tuple((pattern, P(*map(drop, spec))) for pattern, spec in rules)
+
+
+def sampling_copy(params, mesh: Mesh | None, dtype=None):
+  """`params` in the sampling layout (`sampling_rules`) and in `dtype` (None: as they are):
+  the policy's weights for one rollout, its fsdp shards gathered once rather than at every
+  token. Arrays already laid out so (and in `dtype`) are not copied."""
+  if dtype is not None:
+    params = jax.tree.map(lambda x: x.astype(dtype), params)
+  if mesh is None:
+    return params
+  return jax.device_put(params, tree_shardings(params, mesh, sampling_rules()))
+
+
+def using(mesh: Mesh | None):
+  """`jax.set_mesh(mesh)`, or no context for None: what the samplers trace under, so that
+  their rows split over the batch axes (`layers.batch_constraint`)."""
+  return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
+
+
+def batch_devices(mesh: Mesh | None = None) -> int:
+  """How many ways a batch is split: the batch axes' sizes of `mesh` (default: the mesh set
+  by `jax.set_mesh`, 1 without one)."""
+  mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
+  if mesh.empty:
+    return 1
+  return int(np.prod([mesh.shape.get(axis, 1) for axis in BATCH_AXES]))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

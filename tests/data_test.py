@@ -321,9 +321,24 @@ def test_grain_batches_are_seeded_reshuffled_per_epoch_and_resume_from_their_sta
   assert _ids(next(resumed) for _ in range(3)) == first[5:]
 
 
-def test_grain_shards_are_disjoint_and_cover_the_split(mini):
+def test_grain_shards_read_their_part_of_every_global_batch(mini):
   records = mini["train_32"]
-  shards = [sum(_ids(data.batches(records, 4, seed=0, num_epochs=1, shard_index=i,
-                                  shard_count=2)), []) for i in range(2)]
-  assert not set(shards[0]) & set(shards[1])
-  assert sorted(shards[0] + shards[1]) == sorted(data.decode(r)["id"] for r in records)
+  whole = _ids(data.batches(records, 8, seed=0, num_epochs=1))
+  read = [[], []]
+
+  class Counted(list):  # records that remember which were read
+    def __getitem__(self, i):
+      read[shard].append(i)
+      return super().__getitem__(i)
+
+  parts = []
+  for shard in range(2):
+    parts.append(_ids(data.batches(Counted(records), 8, seed=0, num_epochs=1, shard_index=shard,
+                                   shard_count=2)))
+  assert [a + b for a, b in zip(*parts)] == whole  # host 0's half, then host 1's
+  assert all(len(p) == 4 for p in parts[0] + parts[1])
+  # Each shard read its own half of the records, once each.
+  assert len(read[0]) == len(read[1]) == len(records) // 2
+  assert sorted(read[0] + read[1]) == list(range(len(records)))
+  with pytest.raises(ValueError, match="multiple of the process count"):
+    data.batches(records, 3, seed=0, shard_count=2)

@@ -81,3 +81,28 @@ def test_half_precision_is_planned_at_half_width_as_on_accelerators():
   assert planned.policy.sampling_dtype == "float16" and config.policy.dtype == "bfloat16"
   full = plan_memory._half_precision_as_on_accelerators(pmcvqa.get_config())
   assert full.policy.dtype == "float32"  # full precision stays as it is
+
+
+def test_rollout_work_per_device_falls_as_one_over_the_devices(tmp_path):
+  """On data=8 each device samples, encodes and answers 1/8 of the rows (+15% at most)."""
+  import jax
+
+  from configs import demo
+  from experiments import plan_memory
+  from prompt4trust_jax import fixtures
+  config = demo.get_config()
+  config.policy.path = fixtures.write_random_qwen2(str(tmp_path / "p"),
+                                                   fixtures.shape_config("tiny"))
+  config.downstream.path = fixtures.write_random_qwen2_vl(str(tmp_path / "v"),
+                                                          fixtures.vl_shape_config("tiny"))
+  config.data.questions_per_step, config.sampling.num_generations = 8, 2
+  config.sampling.max_new_tokens = config.downstream.max_new_tokens = 16
+  programs = ("policy_rollout", "vision_encoder", "downstream_answer")
+  plan = lambda devices: {p.name: p.flops for p in plan_memory.plan(
+      config, image_tokens=16, prompt_tokens=32, programs=programs, devices=devices)}
+  config.mesh = dict(data=1, fsdp=1, tensor=1)
+  one = plan(jax.devices()[:1])
+  config.mesh = dict(data=8, fsdp=1, tensor=1)
+  eight = plan(jax.devices())
+  for name in programs:
+    assert eight[name] <= one[name] / 8 * 1.15, (name, one[name], eight[name])

@@ -4,8 +4,8 @@ An example, as the rest of the library takes it, is a dict with `id` (str), `que
 (str), `options` (tuple of option lines as shown to the model), `answer` (int index) and
 `image` (a decoded RGB PIL image, or None for text-only data).
 
-`batches` is a Grain pipeline (shard per host -> shuffle, reshuffled every epoch ->
-repeat -> decode -> batch) whose iterator state (`get_state`/`set_state`, or
+`batches` is a Grain pipeline (shuffle, reshuffled every epoch -> repeat -> batch -> this
+host's part of each batch -> decode) whose iterator state (`get_state`/`set_state`, or
 `grain.checkpoint.CheckpointSave` inside an Orbax checkpoint) resumes it exactly.
 """
 
@@ -90,20 +90,29 @@ def decode(record: dict) -> dict:
 def batches(records: Sequence[dict], batch_size: int, seed: int, *, shuffle: bool = True,
             num_epochs: int | None = None, shard_index: int = 0, shard_count: int = 1,
             drop_remainder: bool = True, num_threads: int = 4) -> grain.IterDataset:
-  """Lists of `batch_size` decoded examples; `num_epochs=None` repeats forever.
+  """Lists of decoded examples, this shard's part of every global batch of `batch_size`;
+  `num_epochs=None` repeats forever.
 
-  Each host passes its `jax.process_index()` / `jax.process_count()` as the shard, so hosts
-  read disjoint records. Records that are already examples (e.g. an in-memory list) pass
-  through `decode` unchanged.
+  A host of a multi-host run passes its `jax.process_index()` / `jax.process_count()` as the
+  shard and gets `batch_size / shard_count` examples of each global batch: shard i's part of
+  batch k is examples [i * b, (i + 1) * b) of it (b = batch_size / shard_count), so the
+  shards' parts, in shard order, are the batch one host alone would read (the same order for
+  any number of hosts), and a host reads and decodes only its own records. Records that are
+  already examples (e.g. an in-memory list) pass through `decode` unchanged.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-  ds = grain.MapDataset.source(records)[shard_index::shard_count]
-  if len(ds) == 0:
-    raise ValueError(f"Shard {shard_index} of {shard_count} has no records (the split has "
-                     f"{len(records)}).")
+  if batch_size % shard_count:
+    raise ValueError(f"A global batch of {batch_size} does not split over {shard_count} hosts; "
+                     "make questions_per_step a multiple of the process count.")
+  if len(records) == 0:
+    raise ValueError("The split has no records.")
+  ds = grain.MapDataset.source(records)
   if shuffle:
     ds = ds.shuffle(seed=seed)
-  ds = ds.repeat(num_epochs).map(decode)
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=list)
+  part = batch_size // shard_count
+  ds = ds.repeat(num_epochs).batch(part, drop_remainder=drop_remainder, batch_fn=list)
+  if shard_count > 1:  # the parts of global batch k are parts k * shard_count + 0, 1, ...
+    ds = ds[:len(ds) - len(ds) % shard_count][shard_index::shard_count]
+  ds = ds.map(lambda rows: [decode(r) for r in rows])
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads))

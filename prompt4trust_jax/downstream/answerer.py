@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from prompt4trust_jax import config_sections, padding, prompts
+from prompt4trust_jax import config_sections, padding, prompts, sharding
 from prompt4trust_jax.downstream import constraints, images, parsing
 from prompt4trust_jax.models import families, generation_config
 from prompt4trust_jax.models import tokenizer as tokenizer_lib
@@ -110,11 +110,13 @@ class Downstream:
   """A frozen (M)LLM that answers `Item`s under the configured elicitation mode."""
 
   def __init__(self, model: DecoderModel, tokenizer, image_processor=None,
-               config: ElicitationConfig = ElicitationConfig()):
+               config: ElicitationConfig = ElicitationConfig(), mesh=None):
     """`image_processor`: what the model family's `processor_from_pretrained` returns
-    (`models.families`), or None for a model without images."""
+    (`models.families`), or None for a model without images. With a `mesh` the items'
+    rows and images are split over its batch axes (`sharding.batch_devices`), the
+    weights whole on each of those devices (`sharding.sampling_rules`)."""
     self.model, self.tokenizer, self.config = model, tokenizer, config
-    self.image_processor = image_processor
+    self.image_processor, self.mesh = image_processor, mesh
     self.eos_token_ids = tuple(tokenizer_lib.stop_token_ids(tokenizer))
     self.pad_token_id = tokenizer.pad_token_id or 0
     self.trie = self.branch_letters = None
@@ -136,25 +138,31 @@ class Downstream:
   def from_pretrained(cls, path: str, config: ElicitationConfig = ElicitationConfig(),
                       dtype: str = "float32", mesh=None, min_pixels=None, max_pixels=None):
     from prompt4trust_jax import models
-    model = models.from_pretrained(path, dtype=dtype, mesh=mesh)
+    # Frozen and only sampled: kept in the sampling layout (no per-token fsdp gathers).
+    model = models.from_pretrained(path, dtype=dtype, mesh=mesh,
+                                   rules=sharding.sampling_rules())
     processing = families.of(model).images
     processor = None
     if processing is not None:
       processor = processing.processor_from_pretrained(path, min_pixels, max_pixels)
-    return cls(model, models.load_tokenizer(path), processor, config)
+    return cls(model, models.load_tokenizer(path), processor, config, mesh)
 
   def with_config(self, config: ElicitationConfig) -> "Downstream":
     """The same model, tokenizer and image processor (shared, not copied) under `config`."""
-    return Downstream(self.model, self.tokenizer, self.image_processor, config)
+    return Downstream(self.model, self.tokenizer, self.image_processor, config, self.mesh)
 
   def answer(self, items: Sequence[Item], hints: Sequence[Sequence[str | None]] | None = None,
              rng: jax.Array | None = None) -> Answers:
     """Answers each item once per hint (`hints[i]` holds item i's G hints; None: no hint)."""
-    cfg = self.config
     hints = [[None] for _ in items] if hints is None else [list(h) for h in hints]
     if len(hints) != len(items) or len({len(h) for h in hints}) != 1 or not hints[0]:
       raise ValueError(f"hints must hold the same number (>= 1) of hints for each of the "
                        f"{len(items)} items, got {[len(h) for h in hints]}.")
+    with sharding.using(self.mesh):
+      return self._answer(items, hints, rng)
+
+  def _answer(self, items, hints, rng) -> Answers:
+    cfg = self.config
     G = len(hints[0])
     per_item = self.preprocess_images(items)
     if rng is None:
@@ -217,7 +225,7 @@ class Downstream:
   def _start(self, prefixes, suffixes, copies, per_item, image_rows, rng):
     """Pads and places the prompts (row r of `prefixes` shows item `image_rows[r]`'s image)."""
     cfg = self.config
-    batch = padding.bucket_batch(len(prefixes))
+    batch = padding.bucket_rows(len(prefixes), copies)
     tokens, mask = padding.left_pad(prefixes, padding.bucket_length(max(map(len, prefixes))),
                                      batch, self.pad_token_id)
     positions = image_embeds = None

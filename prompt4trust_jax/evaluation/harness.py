@@ -26,6 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import nnx
 
 from prompt4trust_jax import calibration, checkpoints, data, prompts, run_models, sharding
 from prompt4trust_jax.downstream import answerer as downstream
@@ -144,15 +145,20 @@ class Policy:
     else:  # a released hint writer, e.g. xingshen/prompt4trust-cgpgenerator-1.5B
       logging.info("Prompt4Trust policy: the checkpoint at %s as it is (no "
                    "policy.train_workdir)", base)
+    # Only sampled from here on: the weights in the sampling layout (`sharding.sampling_copy`).
+    graphdef, state = nnx.split(self.model)
+    self.model = nnx.merge(graphdef, sharding.sampling_copy(state, mesh))
+    self.mesh = mesh
     self.preset = prompts.preset(config.prompts.preset)
     self.max_new_tokens = p.max_new_tokens
     self.settings = run_models.policy_sampling(p, base)
 
   def complete(self, user_texts) -> list[str]:
-    """Greedy (or as configured) completions of chat user turns."""
-    return hints.complete(self.model, self.tokenizer, self.eos, user_texts,
-                          max_new_tokens=self.max_new_tokens, rng=jax.random.key(0),
-                          **self.settings).texts
+    """Greedy (or as configured) completions of chat user turns, rows split over the mesh."""
+    with sharding.using(self.mesh):
+      return hints.complete(self.model, self.tokenizer, self.eos, user_texts,
+                            max_new_tokens=self.max_new_tokens, rng=jax.random.key(0),
+                            **self.settings).texts
 
   def hints(self, batch) -> list[str]:
     return [self.preset.hint(t) for t in self.complete(

@@ -311,7 +311,7 @@ def answer(downstream: downstream_lib.Downstream, prompt_PxD: jax.Array | None,
   probs = []
   for start in range(0, len(examples), batch_size):
     chunk = prepare(downstream, examples[start:start + batch_size])  # image tokens live one batch
-    batch = collate(chunk, padding.bucket_batch(len(chunk)), downstream.pad_token_id, letter_ids)
+    batch = collate(chunk, padding.bucket_rows(len(chunk)), downstream.pad_token_id, letter_ids)
     logits_BxC, _ = option_logits(graphdef, state, prompt_PxD, batch)
     probs.append(np.asarray(jax.nn.softmax(logits_BxC[:len(chunk)], axis=-1)))
   option_probs = np.concatenate(probs)

@@ -61,9 +61,9 @@ def graphdef_in(model: nnx.Module, dtype: str | None) -> nnx.GraphDef | None:
   return nnx.graphdef(nnx.eval_shape(build))
 
 
-def _targets(model: nnx.Module, mesh) -> dict[str, jax.ShapeDtypeStruct]:
-  return {path: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                     sharding=sharding_lib.param_sharding(path, x.shape, mesh))
+def _targets(model: nnx.Module, mesh, rules=None) -> dict[str, jax.ShapeDtypeStruct]:
+  return {path: jax.ShapeDtypeStruct(
+              x.shape, x.dtype, sharding=sharding_lib.param_sharding(path, x.shape, mesh, rules))
           for path, x in flat_params(model).items()}
 
 
@@ -75,11 +75,13 @@ def _with_params(model: nnx.Module, params: dict[str, jax.Array]) -> nnx.Module:
 
 
 def from_pretrained(path: str, dtype: str = "float32", param_dtype: str | None = None,
-                    mesh: jax.sharding.Mesh | None = None, **config_overrides) -> nnx.Module:
+                    mesh: jax.sharding.Mesh | None = None, rules=None,
+                    **config_overrides) -> nnx.Module:
   """Loads a hub directory or converted checkpoint, dispatching on `model_type`.
 
   `dtype` is the compute dtype; parameters are stored in `param_dtype` (default:
-  `dtype`). With a `mesh`, each parameter lands directly on its sharding.
+  `dtype`). With a `mesh`, each parameter lands directly on its sharding, by `rules`
+  (default `sharding.param_rules()`; a frozen sampler: `sharding.sampling_rules()`).
   `config_overrides` set text-model options such as `remat="full"`.
   """
   hf_config = read_config(path)
@@ -88,7 +90,7 @@ def from_pretrained(path: str, dtype: str = "float32", param_dtype: str | None =
                                  param_dtype=jnp.dtype(param_dtype or dtype).name,
                                  **config_overrides)
   model = abstract_model(family, config)
-  targets = _targets(model, mesh)
+  targets = _targets(model, mesh, rules)
   params_dir = os.path.join(os.path.abspath(path), PARAMS_DIR)
   if os.path.isdir(params_dir):
     params = ocp.StandardCheckpointer().restore(params_dir, targets)

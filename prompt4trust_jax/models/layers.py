@@ -42,11 +42,12 @@ def loop_free() -> bool:
   return _LOOP_FREE
 
 
-def batch_constraint(x, leading: int = 0):
+def batch_constraint(x, leading: int = 0, free: bool = False):
   """`x` with its batch axis (after `leading` others, e.g. micro-batches) split over the
   batch axes (`sharding.BATCH_AXES`) of the mesh it is traced under (`jax.set_mesh` /
   `jax.sharding.use_abstract_mesh`); unchanged without one, or when those axes do not
-  divide the batch.
+  divide the batch. The other axes are replicated, or with `free` left to XLA (a KV
+  cache's heads stay split over `tensor` like the projections that write them).
 
   Why: the embedding table is split along the model width, so a lookup's output is too, and
   without a constraint XLA may keep every later layer width-split, each device computing
@@ -57,7 +58,9 @@ def batch_constraint(x, leading: int = 0):
   axes = tuple(a for a in sharding_lib.BATCH_AXES if mesh.shape.get(a, 1) > 1)
   if not axes or x.shape[leading] % int(np.prod([mesh.shape[a] for a in axes])):
     return x
-  return jax.lax.with_sharding_constraint(x, P(*(None,) * leading, axes))
+  rest = P.UNCONSTRAINED if free else None
+  return jax.lax.with_sharding_constraint(
+      x, P(*(rest,) * leading, axes, *(rest,) * (x.ndim - leading - 1)))
 
 
 # Activation checkpointing of a layer: which of its intermediates the backward pass keeps.

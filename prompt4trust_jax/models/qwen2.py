@@ -180,6 +180,7 @@ class Qwen2Decoder(nnx.Module):
     for i, layer in enumerate(self.layers):
       x_BxTxD, layer_cache = call(layer, x_BxTxD, cos_BxTxH, sin_BxTxH, mask_BxTxS,
                                   None if cache is None else cache[i], cache_index)
+      x_BxTxD = layers.batch_constraint(x_BxTxD)
       new_cache.append(layer_cache)
     return self.norm(x_BxTxD), (None if cache is None else tuple(new_cache))
 

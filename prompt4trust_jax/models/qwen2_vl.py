@@ -182,6 +182,8 @@ def rope_positions(input_ids_BxT: np.ndarray, attention_mask_BxT: np.ndarray | N
   image = 0
   for b in range(ids.shape[0]):
     cols = np.flatnonzero(mask[b])
+    if not len(cols):  # a padding row (batches are padded to whole rows per device)
+      continue
     row = ids[b, cols]
     pos, i, out = 0, 0, []
     while i < len(row):

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from prompt4trust_jax import padding
+from prompt4trust_jax import padding, sharding
 from prompt4trust_jax.models import layers
 from prompt4trust_jax.models import rope
 
@@ -121,7 +121,18 @@ def segment_attention(q_IxJxAxH, k_IxJxAxH, v_IxJxAxH, segment_IxJ, scale: float
     return layers.attend(q_JxAxH[None], jnp.transpose(k_JxAxH, (1, 2, 0))[None],
                          jnp.swapaxes(v_JxAxH, 0, 1)[None], mask_1xJxJ, scale=scale)[0]
 
-  return jax.lax.map(one, (q_IxJxAxH, k_IxJxAxH, v_IxJxAxH, segment_IxJ))
+  # Under a mesh whose batch axes split the images (D ways), each loop step takes one image
+  # per device, `[I / D, D, ...]` with D split: a loop over the split axis itself would
+  # gather every image onto every device.
+  I = segment_IxJ.shape[0]
+  D = sharding.batch_devices()
+  D = D if I % D == 0 else 1
+  def per_step(x):
+    return layers.batch_constraint(jnp.swapaxes(x.reshape(D, I // D, *x.shape[1:]), 0, 1),
+                                   leading=1, free=True)
+  out = jax.lax.map(jax.vmap(one), tuple(map(per_step, (q_IxJxAxH, k_IxJxAxH, v_IxJxAxH,
+                                                        segment_IxJ))))
+  return jnp.swapaxes(out, 0, 1).reshape(q_IxJxAxH.shape)
 
 
 class VisionAttention(nnx.Module):
@@ -210,15 +221,18 @@ class VisionTransformer(nnx.Module):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     kernel_ExW = self.patch_embed[...].reshape(cfg.patch_dim, cfg.width)
-    x_IxJxW = jnp.einsum("ije,ew->ijw", inputs.pixels_IxJxE.astype(dtype), kernel_ExW.astype(dtype))
+    # Under a mesh each data-parallel device encodes its own images (one per row).
+    pixels_IxJxE = layers.batch_constraint(inputs.pixels_IxJxE)
+    x_IxJxW = jnp.einsum("ije,ew->ijw", pixels_IxJxE.astype(dtype), kernel_ExW.astype(dtype))
     inv_freq = rope.inverse_frequencies(cfg.head_dim // 2, cfg.rope_theta)
     angles_IxJx2xh = inputs.positions_IxJx2.astype(jnp.float32)[..., None] * inv_freq
     angles_IxJxH = jnp.tile(angles_IxJx2xh.reshape(*angles_IxJx2xh.shape[:2], -1), 2)
     cos_IxJxH, sin_IxJxH = jnp.cos(angles_IxJxH), jnp.sin(angles_IxJxH)
     for i, block in enumerate(self.blocks):
       use_window = cfg.qwen2_5 and i not in cfg.fullatt_block_indexes
-      x_IxJxW = block(x_IxJxW, cos_IxJxH, sin_IxJxH,
-                      inputs.window_IxJ if use_window else inputs.image_IxJ)
+      x_IxJxW = layers.batch_constraint(block(x_IxJxW, cos_IxJxH, sin_IxJxH,
+                                              inputs.window_IxJ if use_window
+                                              else inputs.image_IxJ))
     return jnp.take(self.merger(x_IxJxW), inputs.index_M, axis=0)
 
 
@@ -256,7 +270,7 @@ def vision_inputs(pixel_values, image_grid_thw, cfg: VisionConfig,
                      f"{start}.")
   longest = int(max(h * w for _, h, w in frames))
   J = max(64, padding.bucket_length(longest)) if length is None else length
-  I = padding.bucket_batch(len(frames)) if images is None else images
+  I = padding.bucket_rows(len(frames)) if images is None else images
   if J < longest or I < len(frames) or J % (m * m):
     raise ValueError(f"{len(frames)} images of up to {longest} patches "
                      f"do not fit {I} rows of {J} (a multiple of {m * m}).")

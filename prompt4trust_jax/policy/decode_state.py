@@ -28,6 +28,7 @@ from flax import struct
 
 from prompt4trust_jax.downstream import constraints
 from prompt4trust_jax.models import kv_cache as kv_cache_lib
+from prompt4trust_jax.models import layers
 from prompt4trust_jax.models.protocol import DecoderModel
 from prompt4trust_jax.policy import next_token
 
@@ -80,6 +81,15 @@ class DecodeState:
   choice_probs_BxC: jax.Array  # probabilities of the children at the first branching node
   # Tokens each row has in its prompt or output so far; [B, 0] when no penalty reads it.
   seen_BxV: jax.Array
+
+
+def split_rows(state: DecodeState) -> DecodeState:
+  """`state` with every row-indexed array split over the batch axes of the mesh it is traced
+  under (`layers.batch_constraint`; a no-op without one): each device decodes its own rows,
+  their caches and outputs on it. Every array but the scalar counters is row-major (a shared
+  prefix's rows are groups of consecutive rows, so a group stays on one device)."""
+  return jax.tree.map(lambda x: x if x.ndim == 0 else layers.batch_constraint(x, free=True),
+                      state)
 
 
 def init_state(model: DecoderModel, batch: int, cache_length: int, max_new_tokens: int,

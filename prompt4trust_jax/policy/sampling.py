@@ -24,11 +24,12 @@ from flax import nnx
 from prompt4trust_jax import padding
 from prompt4trust_jax.downstream import constraints
 from prompt4trust_jax.models import kv_cache as kv_cache_lib
+from prompt4trust_jax.models import layers
 from prompt4trust_jax.models.protocol import DecoderModel, MultimodalModel
 from prompt4trust_jax.policy import head_layout
 from prompt4trust_jax.policy.decode_state import (DecodeState, SamplingParams,
                                                   check_repetition_penalty, emit, extend,
-                                                  init_state, prefill, share)
+                                                  init_state, prefill, share, split_rows)
 
 __all__ = [
     "GROW_SLOTS", "DecodeState", "GenerateOutput", "SamplingParams", "check_repetition_penalty",
@@ -71,10 +72,10 @@ def decode(model: DecoderModel, state: DecodeState, rng: jax.Array, params: Samp
                                 state.slot)
     state = state.replace(cache=cache, kv_valid_BxS=valid, slot=state.slot + 1,
                           position_B=state.position_B + 1)
-    return emit(state, model.logits(h_Bx1xD[:, 0], head_DxV),
-                jax.random.fold_in(rng, state.step), params, trie)
+    return split_rows(emit(state, model.logits(h_Bx1xD[:, 0], head_DxV),
+                           jax.random.fold_in(rng, state.step), params, trie))
 
-  return jax.lax.while_loop(cond, body, state)
+  return jax.lax.while_loop(cond, body, split_rows(state))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "steps", "params"),
@@ -126,26 +127,32 @@ def start(model: DecoderModel, tokens_BxP, mask_BxP, rng, positions, image_embed
   token as `emit` says. See `generate_padded`.
   """
   B, P = tokens_BxP.shape
+  # Under a mesh (`jax.set_mesh`) the rows are split over its batch axes from here on.
+  tokens_BxP, mask_BxP = layers.batch_constraint(tokens_BxP), layers.batch_constraint(mask_BxP)
   slots = max_new_tokens if slots is None else slots
   own = slots + (0 if suffix_BxT is None else suffix_BxT.shape[1])  # cache slots per row
   if positions is None:
     positions = model.positions(mask_BxP)
+  positions = layers.batch_constraint(positions, leading=positions.ndim - 2)  # [3, B, P] too
   children = 1 if trie is None else trie.child_token.shape[1]
   # Shared prompts get only their own slots; the rows' slots come with `share`.
   s = init_state(model, B, P if copies > 1 else P + own, max_new_tokens, children,
                  params.pad_token_id, track_seen=params.penalized)
-  s = s.replace(done_B=~mask_BxP.any(axis=-1))
+  s = split_rows(s.replace(done_B=~mask_BxP.any(axis=-1)))
   h_BxD, s = prefill(model, s, model.embed(tokens_BxP, image_embeds_MxD), positions, mask_BxP,
                      tokens_BxP)
   if copies > 1:
-    s = share(s, copies, own)
+    s = split_rows(share(s, copies, own))
     h_BxD = jnp.repeat(h_BxD, copies, axis=0)
   if suffix_BxT is not None:
+    suffix_BxT = layers.batch_constraint(suffix_BxT)
+    suffix_mask_BxT = layers.batch_constraint(suffix_mask_BxT)
     suffix_positions = s.position_B[:, None] + jnp.cumsum(suffix_mask_BxT, axis=-1) - 1
     h_suffix_BxD, s = prefill(model, s, model.embed(suffix_BxT), suffix_positions,
                               suffix_mask_BxT, suffix_BxT)
     h_BxD = jnp.where(suffix_mask_BxT.any(axis=-1)[:, None], h_suffix_BxD, h_BxD)
-  return emit(s, model.logits(h_BxD, head_DxV), jax.random.fold_in(rng, 0), params, trie)
+  return split_rows(emit(s, model.logits(h_BxD, head_DxV), jax.random.fold_in(rng, 0), params,
+                         trie))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "params", "copies",
@@ -234,7 +241,7 @@ def generate(model: DecoderModel, prompts: Sequence[Sequence[int]], *, max_new_t
       raise ValueError("Sampling with temperature > 0 needs rng=jax.random.key(seed).")
     rng = jax.random.key(0)
   tokens, mask = padding.left_pad(prompts, padding.bucket_length(max(len(p) for p in prompts)),
-                                  padding.bucket_batch(len(prompts)), pad_token_id)
+                                  padding.bucket_rows(len(prompts), copies), pad_token_id)
   positions = image_embeds = None
   if pixel_values is not None or image_grid_thw is not None:
     if not isinstance(model, MultimodalModel):

@@ -2,13 +2,19 @@
 rewards -> the update batch.
 
   rollout = Rollout(config, answerer, tokenizer, eos, reward_spec, kl_reference, preset,
-                    letters, sampling_settings, sampling_graphdef)
+                    letters, sampling_settings, sampling_graphdef, mesh)
   batch, info = rollout(state, examples, key)  # update.Batch, scalar metrics
 
 The policy sees only the question and options (`hints.write`); the sampler returns the
 prompts as it padded them, which `update.Batch.from_rollout` lays out with the completions;
 the downstream's answers become `rewards.Judged.from_answers`. Sampling keys derive from
 `key`: fold 0 for the hints, fold 1 for the answers.
+
+On a mesh every stage is data parallel: the policy samples from a copy of its weights in
+the sampling layout (`sharding.sampling_copy`: fsdp shards gathered once per rollout),
+and the prompts, decode states, images and outputs of the policy, the downstream and the
+reference forward are split over the batch axes (`sharding.using`), so each device
+computes its own rows. The update batch leaves laid out as the update takes it.
 """
 
 import jax
@@ -16,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from prompt4trust_jax import calibration
+from prompt4trust_jax import calibration, sharding
 from prompt4trust_jax.downstream import answerer as downstream
 from prompt4trust_jax.policy import hints
 from prompt4trust_jax.training import grpo, rewards, update
@@ -31,20 +37,25 @@ class Rollout:
   """
 
   def __init__(self, config, answerer, tokenizer, eos, reward_spec, kl_reference, preset,
-               letters, sampling_settings, sampling_graphdef):
+               letters, sampling_settings, sampling_graphdef, mesh=None):
     self.config, self.answerer, self.tokenizer, self.eos = config, answerer, tokenizer, eos
     self.reward_spec, self.kl_reference, self.preset = reward_spec, kl_reference, preset
     self.letters, self.sampling_settings = letters, sampling_settings
-    self.sampling_graphdef = sampling_graphdef
+    self.sampling_graphdef, self.mesh = sampling_graphdef, mesh
 
   def _sampler(self, state) -> nnx.Module:
+    """The policy to sample from: its weights in the sampling layout and dtype."""
     if self.sampling_graphdef is None:
-      return state.model()
+      return nnx.merge(state.graphdef, sharding.sampling_copy(state.model_state(), self.mesh))
     dtype = jnp.dtype(self.config.policy.sampling_dtype)
     return nnx.merge(self.sampling_graphdef,
-                     jax.tree.map(lambda x: x.astype(dtype), state.model_state()))
+                     sharding.sampling_copy(state.model_state(), self.mesh, dtype))
 
   def __call__(self, state, examples, key) -> tuple[update.Batch, dict[str, float]]:
+    with sharding.using(self.mesh):
+      return self._rollout(state, examples, key)
+
+  def _rollout(self, state, examples, key) -> tuple[update.Batch, dict[str, float]]:
     config, G = self.config, self.config.sampling.num_generations
     written = hints.write(
         self._sampler(state), self.tokenizer, self.eos, examples, preset=self.preset,
@@ -68,6 +79,8 @@ class Rollout:
 
     batch = update.Batch.from_rollout(written.output, G,
                                       grpo.advantages(total_B, G, config.grpo.advantage))
+    if self.mesh is not None:  # the update's layout, which the forwards below keep
+      batch = jax.device_put(batch, sharding.batch_sharding(self.mesh))
     N = written.output.tokens_BxN.shape[1]
     forward = dict(temperature=self.sampling_settings["temperature"], group_size=G,
                    logprob_chunk=config.grpo.get("logprob_chunk"))

@@ -11,7 +11,9 @@ iterator whose state is saved with each checkpoint, so a checkpoint (policy para
 optimizer state, step, iterator state) continues bit for bit.
 """
 
+import dataclasses
 import math
+from collections.abc import Callable, Iterator
 
 import jax
 import ml_collections
@@ -63,12 +65,21 @@ def learning_rate(section, total_optimizer_steps: int):
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains (or resumes) the policy; returns the last rollout's metrics."""
-  if config.get("distributed") is not None:  # before anything touches a device
-    sharding.initialize_distributed(**config.distributed)
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # may be remote (gs://...)
-  mesh = sharding.make_mesh(**config.mesh)
+@dataclasses.dataclass
+class Job:
+  """What one training run is built from (`setup`); `run` loops over it."""
+  mesh: jax.sharding.Mesh
+  state: update.TrainState  # placed on the mesh
+  step_fn: Callable  # (state, batch) -> (state, metrics): one optimizer step
+  rollout: rollout_lib.Rollout  # (state, examples, key) -> (batch, info)
+  batches: Iterator  # lists of questions_per_step examples (a Grain iterator)
+  total: int  # rollouts in the run
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str,
+          mesh: jax.sharding.Mesh | None = None) -> Job:
+  """Models, data, optimizer and the sharded programs of a run (`mesh`: the config's)."""
+  mesh = sharding.make_mesh(**config.mesh) if mesh is None else mesh
   preset = prompts.preset(config.prompts.preset)
   policy, tokenizer, eos, policy_path = run_models.policy_model(config.policy, config.seed, mesh)
   d = config.downstream
@@ -87,6 +98,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     frozen = reference.Reference.create(policy, config.policy.get("reference_dtype"),
                                         config.policy.get("reference_host", False))
   policy_settings = run_models.policy_sampling(config.sampling, policy_path)
+  if not policy_settings["temperature"] > 0:
+    raise ValueError(f"sampling.temperature is {policy_settings['temperature']}; GRPO needs > 0 "
+                     "(its ratio and KL read the policy's log-probs at that temperature).")
   batches, split_size = _data_iterator(config, workdir)
   total = num_rollouts(config.train, config.data.questions_per_step, split_size)
   o = config.optimizer
@@ -98,7 +112,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       group_size=config.sampling.num_generations, logprob_chunk=g.get("logprob_chunk"))
   rollout = rollout_lib.Rollout(
       config, answerer, tokenizer, eos, reward_spec, frozen, preset, letters, policy_settings,
-      models.graphdef_in(policy, config.policy.get("sampling_dtype")))
+      models.graphdef_in(policy, config.policy.get("sampling_dtype")), mesh)
+  return Job(mesh, state, step_fn, rollout, batches, total)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains (or resumes) the policy; returns the last rollout's metrics."""
+  if config.get("distributed") is not None:  # before anything touches a device
+    sharding.initialize_distributed(**config.distributed)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # may be remote (gs://...)
+  job = setup(config, workdir)
+  state, batches, total, g = job.state, job.batches, job.total, config.grpo
 
   manager = checkpoints.manager(workdir, config.train.keep_checkpoints)
   start = 0
@@ -117,14 +141,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   try:
     for step in range(start, total):
       key = jax.random.fold_in(base_key, step)
-      batch, info = rollout(state, next(batches), key)
+      batch, info = job.rollout(state, next(batches), key)
       if not np.isfinite(info["reward/total/mean"]):
         failures += 1
         logging.warning("Rollout %d: non-finite reward; update skipped (%d in a row).", step,
                         failures)
       else:
         for _ in range(g.num_iterations):
-          state, step_metrics = step_fn(state, batch)
+          state, step_metrics = job.step_fn(state, batch)
         step_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         failures = failures + 1 if step_metrics["skipped"] else 0
         if step_metrics["skipped"]:

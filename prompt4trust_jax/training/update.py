@@ -141,10 +141,15 @@ def _grouped_hidden(model: DecoderModel, tokens_BxL, attention_mask_BxL, N: int,
 def reference_logprobs(graphdef, params, tokens_BxL, attention_mask_BxL, completion_length: int,
                        temperature: float = 1.0, group_size: int = 1,
                        logprob_chunk: int | None = None) -> jax.Array:
-  """The frozen reference's per-token log-probs `[B, N]`, once per rollout (for the KL)."""
+  """The frozen reference's per-token log-probs `[B, N]`, once per rollout (for the KL).
+
+  Under a mesh (`jax.set_mesh`) rows in, activations and log-probs out are split over the
+  batch axes (`layers.batch_constraint`), the weights where they lie."""
   model = nnx.merge(graphdef, params)
-  return completion_logprobs(model, tokens_BxL, attention_mask_BxL, completion_length,
-                             temperature, group_size, logprob_chunk)[0]
+  tokens_BxL, attention_mask_BxL = map(layers.batch_constraint, (tokens_BxL, attention_mask_BxL))
+  return layers.batch_constraint(completion_logprobs(
+      model, tokens_BxL, attention_mask_BxL, completion_length, temperature, group_size,
+      logprob_chunk)[0])
 
 
 def _loss_fn(params, frozen, graphdef, batch: Batch, config: grpo.LossConfig,
