@@ -248,7 +248,8 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
         sds((padding.bucket_batch(I * image_tokens),), jnp.int32))
     encoder = jax.jit(lambda s, x: nnx.merge(vl_graphdef, s).encode_images(x))
     # Each data-parallel device encodes its own images, one per step of the attention's loop.
-    D = sharding.batch_devices(mesh) if Q % sharding.batch_devices(mesh) == 0 else 1
+    D = sharding.batch_devices(mesh)
+    D = D if Q % D == 0 else 1
     with sharding.using(mesh):
       peak = _compiled_stats(_compile(encoder.lower(vl_params, inputs(Q))))[0]
       # Work: one image per device (XLA's loop body), without query blocks, times Q / D.

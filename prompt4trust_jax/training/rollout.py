@@ -45,11 +45,10 @@ class Rollout:
 
   def _sampler(self, state) -> nnx.Module:
     """The policy to sample from: its weights in the sampling layout and dtype."""
-    if self.sampling_graphdef is None:
-      return nnx.merge(state.graphdef, sharding.sampling_copy(state.model_state(), self.mesh))
-    dtype = jnp.dtype(self.config.policy.sampling_dtype)
-    return nnx.merge(self.sampling_graphdef,
-                     sharding.sampling_copy(state.model_state(), self.mesh, dtype))
+    graphdef, dtype = state.graphdef, None
+    if self.sampling_graphdef is not None:
+      graphdef, dtype = self.sampling_graphdef, jnp.dtype(self.config.policy.sampling_dtype)
+    return nnx.merge(graphdef, sharding.sampling_copy(state.model_state(), self.mesh, dtype))
 
   def __call__(self, state, examples, key) -> tuple[update.Batch, dict[str, float]]:
     with sharding.using(self.mesh):
