@@ -15,14 +15,25 @@ from ml_collections import config_dict
 from prompt4trust_jax import data
 
 
+def distributed(arg: str | None) -> ml_collections.ConfigDict | None:
+  """The `distributed` section: None (one host), or for the `multihost` variant the arguments
+  of `sharding.initialize_distributed`, unset: a TPU pod slice discovers them, GPU hosts set
+  them as flags (`--config.distributed.process_id=i`, ...) or in the environment."""
+  if arg in (None, ""):
+    return None
+  if arg != "multihost":
+    raise ValueError(f"Unknown config arg {arg!r}; the only one is 'multihost'.")
+  return ml_collections.ConfigDict(dict(
+      coordinator_address=config_dict.placeholder(str),
+      num_processes=config_dict.placeholder(int), process_id=config_dict.placeholder(int)))
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  """`configs/demo.py:multihost` joins a multi-host run (BUILD.md)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.mesh = dict(data=1, fsdp=-1, tensor=1)  # -1: all remaining devices
-  # Multi-host: e.g. dict() on a TPU pod slice (all discovered), or
-  # dict(coordinator_address="host0:1234", num_processes=2, process_id=0) on GPU hosts.
-  c.distributed = None
+  c.distributed = distributed(arg)
   # "clean": tidied wording (shorter prompts for the toy tokenizer); "reference": the original
   # implementation's strings byte for byte (configs/pmcvqa.py).
   c.prompts = dict(preset="clean")

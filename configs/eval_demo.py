@@ -17,11 +17,12 @@ from configs import demo, soft_prompt_demo
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  """`configs/eval_demo.py:multihost` joins a multi-host run (BUILD.md)."""
   train = demo.get_config()
   c = ml_collections.ConfigDict()
   c.seed = train.seed
   c.mesh = train.mesh
+  c.distributed = demo.distributed(arg)
   # The policy the demo trained (its random base is rebuilt from the seed in that workdir).
   c.prompts = dict(train.prompts)
   # Greedy hints; the sampling fields the original's requests left unset (top_k, repetition

@@ -26,8 +26,8 @@ from prompt4trust_jax.evaluation import noise
 
 
 def get_config(arg: str | None = None):
-  del arg
-  c = eval_demo.get_config()
+  """`configs/eval_pmcvqa.py:multihost` joins a multi-host run (BUILD.md)."""
+  c = eval_demo.get_config(arg)
   c.prompts.preset = "reference"
   c.policy.update(path="", train_workdir="", dtype="bfloat16", max_new_tokens=512,
                   temperature=0.0, top_p=1.0, sampling_defaults="generation_config")

@@ -57,7 +57,7 @@ def get_config(arg: str | None = None):
     raise ValueError(f"Unknown configs/pmcvqa.py args {sorted(unknown)}; choose from "
                      f"{sorted(SETTINGS)} and 'multihost'.")
   if "multihost" in args:
-    c.distributed = ml_collections.ConfigDict()  # TPU pod slices: everything is discovered
+    c.distributed = demo.distributed("multihost")
   c.prompts.preset = "reference"
   c.policy.update(path="", dtype="float32", sampling_dtype="bfloat16")  # Qwen2.5-1.5B-Instruct
   c.downstream.update(path="", dtype="bfloat16", mode="verbalized", temperature=0.1, top_p=0.95,

@@ -3,7 +3,7 @@
 from absl import app, flags
 from ml_collections import config_flags
 
-from prompt4trust_jax import evaluation, fixtures, host_memory
+from prompt4trust_jax import evaluation, fixtures, host_memory, sharding
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/eval_demo.py",
                                           "Evaluation config file.")
@@ -15,6 +15,7 @@ def main(argv):
   del argv
   host_memory.retain_freed_memory()  # before JAX starts its thread pools
   # The demos' random models (unset paths) are made here, as training's launcher made them.
+  sharding.join_configured(_CONFIG.value)  # multi-host: before the random models touch JAX
   evaluation.run(fixtures.with_random_models(_CONFIG.value, _WORKDIR.value), _WORKDIR.value)
 
 

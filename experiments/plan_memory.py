@@ -244,8 +244,7 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
     L = padding.bucket_length(image_tokens * vcfg.merge_size**2)
     inputs = lambda I: vision.VisionInputs(
         rows((I, L, vcfg.patch_dim), jnp.float32), rows((I, L, 2), jnp.int32),
-        rows((I, L), jnp.int32), rows((I, L), jnp.int32),
-        sds((padding.bucket_batch(I * image_tokens),), jnp.int32))
+        rows((I, L), jnp.int32), rows((I, L), jnp.int32), None)  # row aligned
     encoder = jax.jit(lambda s, x: nnx.merge(vl_graphdef, s).encode_images(x))
     # Each data-parallel device encodes its own images, one per step of the attention's loop.
     D = sharding.batch_devices(mesh)
@@ -267,7 +266,7 @@ def plan(config, image_tokens: int = 1024, prompt_tokens: int = 512,
     answer = lambda: _compile(program.lower(
         vl_params, rows((Q, prefix), jnp.int32), rows((Q, prefix), jnp.int32),
         rows((3, Q, prefix), jnp.int32, leading=1),
-        rows((Q * image_tokens, vl_cfg.text.hidden_size), jnp.dtype(d.dtype)),
+        rows((Q, image_tokens, vl_cfg.text.hidden_size), jnp.dtype(d.dtype)),  # row aligned
         rows((B, suffix), jnp.int32), rows((B, suffix), jnp.int32), key))
     with sharding.using(mesh):
       peak = _compiled_stats(answer())[0]

@@ -9,7 +9,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from prompt4trust_jax import models, run_models
+from prompt4trust_jax import models, run_files, run_models
 from prompt4trust_jax.models import lora
 
 
@@ -20,8 +20,7 @@ def _state(state) -> dict:
 def checkpoint_dir(workdir: str) -> epath.Path:
   """`<workdir>/checkpoints`, absolute (Orbax needs it so); a remote workdir (`gs://...`)
   stays the URL it is."""
-  path = epath.Path(workdir)
-  return (path if "://" in str(workdir) else path.absolute()) / "checkpoints"
+  return run_files.path(workdir, "checkpoints")
 
 
 def manager(workdir: str, keep: int | None = None) -> ocp.CheckpointManager:

@@ -12,6 +12,7 @@ import tokenizers
 from tokenizers import decoders, models as tok_models, pre_tokenizers, trainers
 import transformers
 
+from prompt4trust_jax import hosts
 from prompt4trust_jax.models import checkpoint
 from prompt4trust_jax.models import qwen2
 from prompt4trust_jax.models import qwen2_vl
@@ -122,15 +123,19 @@ def with_random_models(config, workdir: str):
   config = config.copy_and_resolve_references()
   p, d = config.policy, config.downstream
   seed = config.seed
+
+  def made(out: str, write) -> str:
+    def make():  # process 0 of a multi-host run writes it, the others wait and read
+      if not os.path.exists(os.path.join(out, "config.json")):
+        write(out)
+    hosts.prepared_once(make, out)
+    return out
+
   if not p.path:
-    out = os.path.join(p.get("train_workdir") or workdir, "random_models",
-                       f"qwen2_{p.random_shape}")
-    if not os.path.exists(os.path.join(out, "config.json")):
-      write_random_qwen2(out, shape_config(p.random_shape), seed)
-    p.path = out
+    p.path = made(os.path.join(p.get("train_workdir") or workdir, "random_models",
+                               f"qwen2_{p.random_shape}"),
+                  lambda out: write_random_qwen2(out, shape_config(p.random_shape), seed))
   if not d.path:
-    out = os.path.join(workdir, "random_models", f"qwen2_vl_{d.random_shape}")
-    if not os.path.exists(os.path.join(out, "config.json")):
-      write_random_qwen2_vl(out, vl_shape_config(d.random_shape), seed)
-    d.path = out
+    d.path = made(os.path.join(workdir, "random_models", f"qwen2_vl_{d.random_shape}"),
+                  lambda out: write_random_qwen2_vl(out, vl_shape_config(d.random_shape), seed))
   return config

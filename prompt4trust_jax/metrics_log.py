@@ -1,11 +1,12 @@
-"""The training run's metrics: absl progress lines, `metrics.jsonl` and TensorBoard events."""
+"""The training run's metrics: absl progress lines, `metrics.jsonl`, TensorBoard events and
+the training curves (`training.png`)."""
 
 import json
-import os
 import time
 
-import jax
 from absl import logging
+
+from prompt4trust_jax import hosts, plots, run_files
 
 
 class Logger:
@@ -17,23 +18,23 @@ class Logger:
 
   def __init__(self, workdir: str, total_rollouts: int, num_iterations: int,
                writer: bool | None = None):
-    self.writer = jax.process_index() == 0 if writer is None else writer
+    self.writer = hosts.is_writer() if writer is None else writer
     self.total, self.start, self.first = total_rollouts, time.time(), None
     self.num_iterations = num_iterations
     if not self.writer:
       return
     from tensorboardX import SummaryWriter  # a small writer without TensorFlow
-    self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self.jsonl = run_files.path(workdir, "metrics.jsonl")  # may be remote
+    self.curves = run_files.path(workdir, "training.png")
+    self.tb = SummaryWriter(str(run_files.path(workdir, "tensorboard")))
 
   def write(self, rollout: int, metrics: dict[str, float]):
     """One record per rollout; TensorBoard's x axis is the optimizer step (TRL's)."""
     if not self.writer:
       return
     optimizer_step = rollout * self.num_iterations
-    self.jsonl.write(json.dumps({"rollout": rollout, "optimizer_step": optimizer_step,
-                                 **metrics}) + "\n")
-    self.jsonl.flush()
+    run_files.append(self.jsonl, json.dumps({"rollout": rollout,
+                                             "optimizer_step": optimizer_step, **metrics}) + "\n")
     for key, value in metrics.items():
       self.tb.add_scalar(key, value, optimizer_step)
     self.first = self.first if self.first is not None else rollout - 1
@@ -46,8 +47,13 @@ class Logger:
                  metrics.get("downstream/accuracy", float("nan")),
                  metrics.get("downstream/ece", float("nan")), metrics.get("loss", float("nan")))
 
+  def plot(self):
+    """Redraws `training.png` from every record of metrics.jsonl (a resumed run's too)."""
+    if self.writer and self.jsonl.exists():
+      records = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line]
+      plots.training_curves(records, self.curves)
+
   def close(self):
     if not self.writer:
       return
-    self.jsonl.close()
     self.tb.close()

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from prompt4trust_jax import sharding
+from prompt4trust_jax import hosts, sharding
 
 
 def bucket_length(n: int) -> int:
@@ -34,9 +34,22 @@ def bucket_rows(n: int, copies: int = 1) -> int:
   """`bucket_batch` for n prompts, each sampled `copies` times, whose rows are split over the
   D data-parallel devices of the mesh set by `jax.set_mesh` (`sharding.batch_devices`):
   prompts x copies is a multiple of D, so every device gets as many rows. (Fewer prompts
-  than D then share their prefill, computed on every device: the rows are what is split.)"""
+  than D then share their prefill, computed on every device: the rows are what is split.)
+
+  In a multi-host run n is this host's and the count is its block of the global rows: the
+  same on every host (`hosts.agree`), a multiple of its own devices for the prompts too (a
+  host's prompts are its block of a global array; fewer prompts per host than devices per
+  host are padded)."""
+  if hosts.multiple():
+    return bucket_batch(hosts.agree(n), hosts.local_batch_devices())
   devices = sharding.batch_devices()
   return bucket_batch(n, devices // math.gcd(devices, copies))
+
+
+def shared_length(lengths: Sequence[int]) -> int:
+  """`bucket_length` of the longest of `lengths` over every host (`hosts.agree`): the padded
+  length of prompts that form one global array."""
+  return bucket_length(hosts.agree(max(lengths)))
 
 
 def left_pad(prompts: Sequence[Sequence[int]], length: int, batch: int, pad_token_id: int):

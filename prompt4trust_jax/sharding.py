@@ -158,13 +158,16 @@ DISTRIBUTED_ENV = {"coordinator_address": "JAX_COORDINATOR_ADDRESS",
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None) -> None:
-  """Joins a multi-host run; call before anything touches a device.
+  """Joins a multi-host run (once; later calls return); call before anything touches a
+  device.
 
   On a TPU pod slice (and under SLURM or Open MPI) every argument is discovered; on
   plain GPU hosts pass the coordinator's host:port, the process count and this
   host's index, or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
   On CPU hosts the processes' collectives run over gloo.
   """
+  if jax.distributed.is_initialized():  # the launcher joined already
+    return
   given = dict(coordinator_address=coordinator_address, num_processes=num_processes,
                process_id=process_id)
   for name, variable in DISTRIBUTED_ENV.items():
@@ -173,3 +176,10 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
       given[name] = value if name == "coordinator_address" else int(value)
   jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices' only
   jax.distributed.initialize(**given)
+
+
+def join_configured(config) -> None:
+  """Joins the run `config.distributed` describes (`initialize_distributed`'s arguments; a
+  TPU pod slice: `{}`), if set: what the launchers, the loop and the harness call first."""
+  if config.get("distributed") is not None:
+    initialize_distributed(**config.distributed)

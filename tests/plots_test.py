@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from prompt4trust_jax.evaluation import plots
+from prompt4trust_jax import plots
 
 
 def _method(seed, n=200):
@@ -31,3 +31,23 @@ def test_reliability_diagram_with_equal_mass_bins(tmp_path):
   path = plots.reliability_diagram({"a": _method(3)}, str(tmp_path / "mass.png"), num_bins=5,
                                    binning="mass")
   assert os.path.getsize(path) > 10_000
+
+
+def test_small_multiples_give_every_method_its_own_colour(tmp_path):
+  curves = {f"method {i}": _method(i) for i in range(17)}  # the evaluation demo's count
+  path = plots.reliability_diagram(curves, str(tmp_path / "many.png"))
+  assert os.path.getsize(path) > 50_000
+  assert len(set(plots.colors(17))) == 17 and len(set(plots.colors(4))) == 4
+
+
+def test_training_curves_draw_each_metric_and_the_heldout_points(tmp_path):
+  rng = np.random.default_rng(0)
+  records = [{"rollout": 0, "heldout/ece": 0.3, "heldout/reward": -1.0, "heldout/accuracy": 0.5}]
+  records += [{"rollout": t, "reward/total/mean": -1 + t / 10, "downstream/accuracy": 0.5,
+               "downstream/ece": 0.3 - t / 100, "kl": rng.random() / 100,
+               "hint_length/mean": 10 + t} for t in range(1, 21)]
+  records += [{"rollout": 20, "heldout/ece": 0.1, "heldout/reward": -0.5, "heldout/accuracy": 0.5}]
+  path = plots.training_curves(records, str(tmp_path / "training.png"))
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert os.path.getsize(path) > 30_000

@@ -51,6 +51,9 @@ def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path):
   iterations = demo.get_config().grpo.num_iterations
   assert [r["rollout"] for r in records] == [1, 2, 3, 4]
   assert [r["optimizer_step"] for r in records] == [iterations * r for r in (1, 2, 3, 4)]
+  # The training curves, redrawn at each checkpoint from every record (the resumed leg's too).
+  with open(os.path.join(halted, "training.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_unknown_data_set_is_named(tmp_path):

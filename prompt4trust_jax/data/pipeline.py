@@ -10,14 +10,12 @@ host's part of each batch -> decode) whose iterator state (`get_state`/`set_stat
 """
 
 import os
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import grain
-import jax
 import tensorflow_datasets as tfds
-from jax.experimental import multihost_utils
 
+from prompt4trust_jax import hosts
 from prompt4trust_jax.data import medmcqa, pmc_vqa
 from prompt4trust_jax.downstream import images
 
@@ -56,18 +54,7 @@ def source(name: str, split: str, data_dir: str, manual_dir: str | None = None,
       name, split=split, data_dir=data_dir, decoders=decoders,
       builder_kwargs={"strict": strict, "file_format": "array_record"},
       download_and_prepare_kwargs={"download_config": download_config})
-  return prepared_once(read, f"tfds {name} {split}")
-
-
-def prepared_once(read: Callable[[], Any], what: str):
-  """`read()` on process 0 first (preparing whatever it writes on first use), then on the
-  others once it is done: the hosts of a multi-host run would otherwise all prepare the same
-  files at once in a shared `data_dir`."""
-  if jax.process_count() == 1:
-    return read()
-  out = read() if jax.process_index() == 0 else None
-  multihost_utils.sync_global_devices(f"prompt4trust_jax prepared: {what}")
-  return out if jax.process_index() == 0 else read()
+  return hosts.prepared_once(read, f"tfds {name} {split}")
 
 
 def configured_source(data_config, split: str, workdir: str) -> Sequence[dict]:
@@ -115,4 +102,6 @@ def batches(records: Sequence[dict], batch_size: int, seed: int, *, shuffle: boo
   if shard_count > 1:  # the parts of global batch k are parts k * shard_count + 0, 1, ...
     ds = ds[:len(ds) - len(ds) % shard_count][shard_index::shard_count]
   ds = ds.map(lambda rows: [decode(r) for r in rows])
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads))
+  # A few batches decoded ahead, not Grain's default 500 (of decoded images, over many epochs).
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                              prefetch_buffer_size=2 * num_threads))

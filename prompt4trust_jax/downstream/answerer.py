@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from prompt4trust_jax import config_sections, padding, prompts, sharding
+from prompt4trust_jax import config_sections, hosts, padding, prompts, sharding
 from prompt4trust_jax.downstream import constraints, images, parsing
 from prompt4trust_jax.models import families, generation_config
 from prompt4trust_jax.models import tokenizer as tokenizer_lib
@@ -226,19 +226,23 @@ class Downstream:
     """Pads and places the prompts (row r of `prefixes` shows item `image_rows[r]`'s image)."""
     cfg = self.config
     batch = padding.bucket_rows(len(prefixes), copies)
-    tokens, mask = padding.left_pad(prefixes, padding.bucket_length(max(map(len, prefixes))),
-                                     batch, self.pad_token_id)
+    tokens, mask = padding.left_pad(prefixes, padding.shared_length(map(len, prefixes)),
+                                    batch, self.pad_token_id)
     positions = image_embeds = None
     if per_item[0] is not None:
       pixels = np.concatenate([per_item[i][0] for i in image_rows])
       grids = np.concatenate([per_item[i][1] for i in image_rows])
       positions, image_embeds = self.model.multimodal_inputs(tokens, mask, pixels, grids)
+      positions = hosts.global_rows(positions, axis=positions.ndim - 2)
     suffix_tokens = suffix_mask = None
     if suffixes is not None:
       # Forking repeats each padded prefix row, so suffix rows follow the same layout.
       suffix_tokens, suffix_mask = padding.left_pad(
-          suffixes, padding.bucket_length(max(map(len, suffixes))), batch * copies,
+          suffixes, padding.shared_length(map(len, suffixes)), batch * copies,
           self.pad_token_id)
+    # Several hosts: each one's items are its rows of the global batch.
+    tokens, mask, suffix_tokens, suffix_mask = hosts.global_rows(
+        (tokens, mask, suffix_tokens, suffix_mask))
     max_new = self.trie.max_depth if self.trie is not None else cfg.max_new_tokens
     # Verbalized answers start with GROW_SLOTS cache slots (`decode_growing` adds more).
     first = max_new if self.trie is not None else min(max_new, sampling.GROW_SLOTS)
@@ -264,30 +268,31 @@ class Downstream:
 
     def stop_parsed(state):
       """Marks rows done whose text already holds the answer and confidence."""
-      done = np.array(state.done_B)
-      tokens, lengths = np.asarray(state.tokens_BxN), np.asarray(state.lengths_B)
+      done = np.array(hosts.local_rows(state.done_B))  # this host's rows
+      tokens, lengths = hosts.local_rows(state.tokens_BxN), hosts.local_rows(state.lengths_B)
       for row in np.flatnonzero(~done):
         text = self.tokenizer.decode(tokens[row, :lengths[row]], skip_special_tokens=True)
         # A number at the very end may still grow ("confidence 8" -> "80").
         if parser(text).valid and not text.rstrip()[-1:].isdigit():
           done[row] = True
-      return state.replace(done_B=jnp.asarray(done))
+      return state.replace(done_B=hosts.global_rows(done) if hosts.multiple()
+                           else jnp.asarray(done))
 
     return sampling.decode_growing(graphdef, weights, head_DxV, state, rng, self._params(),
                                    steps=self.config.check_every, after_chunk=stop_parsed)
 
   def _read(self, state, rows: int) -> Answers:
-    tokens = np.asarray(state.tokens_BxN)[:rows]
-    lengths = np.asarray(state.lengths_B)[:rows]
+    tokens = hosts.local_rows(state.tokens_BxN)[:rows]  # this host's rows
+    lengths = hosts.local_rows(state.lengths_B)[:rows]
     texts = [self.tokenizer.decode(t[:n], skip_special_tokens=True) for t, n in zip(tokens, lengths)]
     option_probs = None
     if self.trie is not None:
-      probs = np.asarray(state.choice_probs_BxC)[:rows][:, :len(self.config.letters)]
+      probs = hosts.local_rows(state.choice_probs_BxC)[:rows][:, :len(self.config.letters)]
       probs = probs[:, np.argsort(self.branch_letters)]  # child order -> letter order
       probs = probs ** (1.0 / self.config.logit_temperature)
       option_probs = probs / probs.sum(-1, keepdims=True)
     if self.config.mode == "logit":
-      nodes = np.asarray(state.node_B)[:rows]
+      nodes = hosts.local_rows(state.node_B)[:rows]
       letter = np.array([constraints.completion_of(self.trie, n) for n in nodes], np.int32)
       confidence = option_probs[np.arange(rows), letter].astype(np.float32)
       return Answers(letter, confidence, np.ones(rows, bool), texts, option_probs, lengths)

@@ -10,7 +10,9 @@ downstream), each planned once. Each run's answers are appended to `runs/<run>.j
 batch at a time, so an interrupted evaluation resumes where it stopped: finished batches
 are read back, never recomputed, and a batch's sampling key is a function of (seed, run,
 batch), so the results equal an uninterrupted run's. Then each method's family scores the
-stored answers.
+stored answers. In a multi-host run each host answers its part of every batch (`hosts.part`),
+every host keeps all of the batch's records and process 0 writes them; the workdir is
+shared (a network or `gs://` folder), so any host count resumes it.
 
 Outputs in the workdir: `results.json` (every metric over all / valid-only samples with
 bootstrap intervals), `samples.csv` (one row per item: question, options, gold, and per
@@ -19,7 +21,6 @@ and `results.md` (the table printed at the end).
 """
 
 import dataclasses
-import os
 import zlib
 
 import jax
@@ -28,7 +29,8 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from prompt4trust_jax import calibration, checkpoints, data, prompts, run_models, sharding
+from prompt4trust_jax import (calibration, checkpoints, data, hosts, prompts, run_files,
+                              run_models, sharding)
 from prompt4trust_jax.downstream import answerer as downstream
 from prompt4trust_jax.evaluation import methods as _methods  # noqa: F401  (registers them)
 from prompt4trust_jax.evaluation import noise, registry, report, run_store
@@ -80,7 +82,8 @@ def method_names(config) -> list[str]:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
   """Evaluates every configured method on the split; returns {method: metrics}."""
-  os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
+  sharding.join_configured(config)  # before anything touches a device
+  run_files.path(workdir, "runs").mkdir(parents=True, exist_ok=True)  # may be remote
   run_store.check_settings(config, workdir)
   mesh = sharding.make_mesh(**config.mesh)
   e = config.eval
@@ -100,8 +103,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
 
   stores = {}
   for r in runs:
-    stores[r.name] = store = run_store.RunStore(os.path.join(workdir, "runs", f"{r.name}.jsonl"),
-                                                writer=jax.process_index() == 0)
+    stores[r.name] = store = run_store.RunStore(run_files.path(workdir, "runs", f"{r.name}.jsonl"),
+                                                writer=hosts.is_writer())
     items = splits[r.split]
     batches = [items[i:i + e.batch_size] for i in range(0, len(items), e.batch_size)]
     todo = [(b, batch) for b, batch in enumerate(batches) if not store.done(x["id"] for x in batch)]
@@ -112,12 +115,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
     for b, batch in todo:
       key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed),
                                                   zlib.crc32(r.name.encode())), b)
-      store.append(answer_batch(r, run_answerer, ctx, batch, key))
+      # Several hosts: each answers its part of the batch; every host keeps all the records.
+      mine, count = hosts.part(batch)
+      records = answer_batch(r, run_answerer, ctx, mine, key)[:count]
+      store.append([record for part in hosts.all_objects(records) for record in part])
       progress.update(1)
     progress.close()
 
   results, per_method = score(config, registry.Stored(config, stores, splits))
-  if jax.process_index() == 0:
+  if hosts.is_writer():
     report.write(config, workdir, splits["test"], runs,
                  {name: store.items for name, store in stores.items()}, results, per_method)
   return results
@@ -250,4 +256,5 @@ def score(config, stored: registry.Stored):
 
 def _progress(name: str, total: int, done: int):
   import tqdm  # a progress bar with rate and ETA on stderr
-  return tqdm.tqdm(total=total, initial=done, desc=name, unit="batch", dynamic_ncols=True)
+  return tqdm.tqdm(total=total, initial=done, desc=name, unit="batch", dynamic_ncols=True,
+                   disable=not hosts.is_writer())  # one bar per run, not one per host

@@ -1,13 +1,13 @@
 """The evaluation harness's outputs: results.json, samples.csv, reliability diagram, table."""
 
 import csv
+import io
 import json
-import os
 
 import numpy as np
 
+from prompt4trust_jax import plots, run_files
 from prompt4trust_jax.downstream import parsing
-from prompt4trust_jax.evaluation import plots
 
 
 def write(config, workdir: str, test, runs, answers, results, per_method):
@@ -20,11 +20,12 @@ def write(config, workdir: str, test, runs, answers, results, per_method):
   # The data set's labels; a letter past them (an added option) by its index.
   letters = config.downstream.get("letters") or parsing.LETTERS
   letters += parsing.OPTION_LETTERS[len(letters):]
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump({"data": f"{config.data.name}:{config.data.split}", "num_items": len(test),
-               "downstream": config.downstream.path or f"random {config.downstream.random_shape}",
-               "mode": config.downstream.mode, "methods": results}, f, indent=1)
-  with open(os.path.join(workdir, "samples.csv"), "w", newline="") as f:
+  out_dir = run_files.path(workdir)  # may be remote
+  run_files.replace_text(out_dir / "results.json", json.dumps(
+      {"data": f"{config.data.name}:{config.data.split}", "num_items": len(test),
+       "downstream": config.downstream.path or f"random {config.downstream.random_shape}",
+       "mode": config.downstream.mode, "methods": results}, indent=1))
+  with io.StringIO(newline="") as f:
     columns = ["id", "question", "options", "gold"]
     columns += [f"{r.name}/{k}" for r in runs if r.split == "test" for k in ("hint", "text")]
     columns += [f"{m}/{k}" for m in per_method for k in ("letter", "confidence")]
@@ -39,13 +40,13 @@ def write(config, workdir: str, test, runs, answers, results, per_method):
       for letter, confidence, valid in per_method.values():
         row += [letters[letter[i]] if valid[i] else "", f"{confidence[i]:.4f}"]
       out.writerow(row)
+    run_files.replace_text(out_dir / "samples.csv", f.getvalue())
   plots.reliability_diagram(
       {m: (np.where(v, c, 1e-12), v & (letter == gold_B)) for m, (letter, c, v) in
-       per_method.items()}, os.path.join(workdir, "reliability.png"),
+       per_method.items()}, out_dir / "reliability.png",
       config.eval.num_bins, config.eval.binning)
   table = markdown_table(results)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(table + "\n")
+  run_files.replace_text(out_dir / "results.md", table + "\n")
   print(table)
 
 

@@ -6,25 +6,25 @@ answers made under other settings in one workdir.
 """
 
 import json
-import os
 
-import jax
 import numpy as np
+
+from prompt4trust_jax import hosts, run_files
 
 
 class RunStore:
   """A run's answers, one JSON line per item, appended a batch at a time.
 
   Only a `writer` store touches the file (process 0 of a multi-host run: every host
-  computes the same answers, one writes them).
+  holds every answer, one writes them). `path` may be remote (`run_files`).
   """
 
-  def __init__(self, path: str, writer: bool = True):
-    self.path, self.writer, self.items = path, writer, {}
-    if not os.path.exists(path):
+  def __init__(self, path, writer: bool = True):
+    self.path, self.writer, self.items = run_files.path(str(path)), writer, {}
+    if not self.path.exists():
       return
     kept = 0
-    with open(path, "rb") as f:
+    with self.path.open("rb") as f:
       for line in f:
         try:
           if not line.endswith(b"\n"):
@@ -35,17 +35,14 @@ class RunStore:
         self.items[item["id"]] = item
         kept += len(line)
     if writer:
-      os.truncate(path, kept)
+      run_files.truncate(self.path, kept)
 
   def done(self, ids) -> bool:
     return all(i in self.items for i in ids)
 
   def append(self, items: list[dict]):
     if self.writer:
-      with open(self.path, "a") as f:
-        f.write("".join(json.dumps(item) + "\n" for item in items))
-        f.flush()
-        os.fsync(f.fileno())
+      run_files.append(self.path, "".join(json.dumps(item) + "\n" for item in items))
     self.items.update((item["id"], item) for item in items)
 
   def first_answers(self, examples) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -79,14 +76,12 @@ def check_settings(config, workdir: str):
       value = None if value is None else value.get(part)
     settings[name] = value.to_dict() if hasattr(value, "to_dict") else value
   settings = json.loads(json.dumps(settings, default=str))
-  path = os.path.join(workdir, "runs", "settings.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      stored = json.load(f)
+  path = run_files.path(workdir, "runs", "settings.json")
+  if path.exists():
+    stored = json.loads(path.read_text())
     changed = sorted(k for k in settings if stored.get(k) != settings[k])
     if changed:
       raise ValueError(f"{workdir} holds answers made with other {changed}; evaluate into a new "
                        "workdir (or delete its runs/ folder to start over).")
-  elif jax.process_index() == 0:
-    with open(path, "w") as f:
-      json.dump(settings, f, indent=1)
+  elif hosts.is_writer():
+    run_files.replace_text(path, json.dumps(settings, indent=1))

@@ -20,7 +20,6 @@ Axis letters: the package's (`prompt4trust_jax/__init__.py`).
 
 import dataclasses
 import functools
-import os
 from collections.abc import Sequence
 
 import jax
@@ -31,7 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx, struct
 
-from prompt4trust_jax import padding, prompts
+from prompt4trust_jax import padding, prompts, run_files
 from prompt4trust_jax import sharding as sharding_lib
 from prompt4trust_jax.downstream import constraints
 from prompt4trust_jax.downstream import answerer as downstream_lib
@@ -137,7 +136,9 @@ def prepare(downstream: downstream_lib.Downstream,
     if image is not None:
       positions, embeds = downstream.model.multimodal_inputs(
           np.asarray([ids]), np.ones((1, len(ids))), *image)
-      positions, embeds = np.asarray(positions)[:, 0], np.asarray(embeds)
+      # One prompt, one image: row 0's tokens (row aligned), its padding dropped.
+      image_tokens = ids.count(downstream.model.image_token_id)
+      positions, embeds = np.asarray(positions)[:, 0], np.asarray(embeds)[0, :image_tokens]
     out.append(EncodedExample(np.asarray(ids, np.int32), positions, np.asarray(ends, np.int32),
                         int(x.get("answer", -1)), embeds))
   return out
@@ -242,9 +243,9 @@ def train(downstream: downstream_lib.Downstream, examples: Sequence[dict],
           workdir: str | None = None) -> jax.Array:
   """The learned prompt `[N, D]`; with a workdir, saved to (or, if there, read from)
   `workdir/soft_prompt`. Batches are consecutive slices of seeded per-epoch shuffles."""
-  path = None if workdir is None else os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  path = None if workdir is None else run_files.path(workdir, CHECKPOINT_DIR)  # may be remote
   dim = downstream.model.text_config.hidden_size
-  if path is not None and os.path.exists(path):
+  if path is not None and path.exists():
     prompt_PxD = restore(path)
     if prompt_PxD.shape != (config.num_tokens, dim):
       raise ValueError(f"{path} holds a prompt of shape {prompt_PxD.shape}, not "
@@ -293,13 +294,13 @@ def train(downstream: downstream_lib.Downstream, examples: Sequence[dict],
 def save(prompt_PxD: jax.Array, path: str) -> None:
   """Writes the prompt alone as an Orbax checkpoint directory (atomically: tmp, then rename)."""
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.abspath(path), {"prompt": prompt_PxD})
+  checkpointer.save(run_files.path(str(path)), {"prompt": prompt_PxD})
   checkpointer.wait_until_finished()
 
 
 def restore(path: str) -> jax.Array:
   """The prompt `save` wrote at `path`."""
-  return jnp.asarray(ocp.StandardCheckpointer().restore(os.path.abspath(path))["prompt"])
+  return jnp.asarray(ocp.StandardCheckpointer().restore(run_files.path(str(path)))["prompt"])
 
 
 def answer(downstream: downstream_lib.Downstream, prompt_PxD: jax.Array | None,

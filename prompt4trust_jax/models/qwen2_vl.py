@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from prompt4trust_jax import hosts, padding
 from prompt4trust_jax.models import kv_cache as kv_cache_lib
 from prompt4trust_jax.models import qwen2
 from prompt4trust_jax.models import vision
@@ -228,14 +229,18 @@ class Qwen2VLForConditionalGeneration(qwen2.DecoderLM):
     return expand_image_placeholders(ids, image_grid_thw, self.config)
 
   def encode_images(self, inputs: vision.VisionInputs) -> jax.Array:
-    """Image tokens `[M, D]` in order (see `vision.vision_inputs`)."""
+    """Image tokens `[M, D]` in order, or row aligned `[I, K, D]` (see `vision.vision_inputs`)."""
     return self.visual(inputs).astype(jnp.dtype(self.text_config.dtype))
 
   def multimodal_inputs(self, input_ids_BxT, attention_mask_BxT, pixel_values, image_grid_thw):
-    """Host side, before a jitted prefill: `(positions_3xBxT, image_embeds_MxD)`.
+    """Host side, before a jitted prefill: `(positions_3xBxT, image_embeds)`.
 
-    Image tokens are encoded by one jitted call over bucketed image and patch counts, so
-    new images of similar size do not recompile.
+    When every row shows at most one image (one frame), the images are encoded in the rows
+    of the prompts that show them and `image_embeds` is row aligned, `[B, K, D]`: split over
+    the batch axes with the prompts, and the only layout of a multi-host run (each host's
+    images are its rows; `hosts.global_rows`). Otherwise (several images in a prompt) it is
+    `[M, D]`, every image's tokens in order. Image tokens are encoded by one jitted call
+    over bucketed image and patch counts, so new images of similar size do not recompile.
     """
     positions, _ = rope_positions(input_ids_BxT, attention_mask_BxT, image_grid_thw, self.config)
     if pixel_values is None:
@@ -244,18 +249,37 @@ class Qwen2VLForConditionalGeneration(qwen2.DecoderLM):
     if pixels.ndim != 2 or pixels.shape[1] != self.config.vision.patch_dim:
       raise ValueError(f"pixel_values has shape {pixels.shape}; expected [patches, "
                        f"{self.config.vision.patch_dim}] from the Qwen2-VL image processor.")
-    inputs, merged = vision.vision_inputs(pixels, image_grid_thw, self.config.vision)
+    grid = np.asarray(image_grid_thw, np.int64).reshape(-1, 3)
+    ids = np.asarray(input_ids_BxT)
+    mask = np.ones(ids.shape, bool) if attention_mask_BxT is None else np.asarray(
+        attention_mask_BxT, bool)
+    rows = np.flatnonzero(((ids == self.config.image_token_id) & mask).any(-1))
     graphdef, state = nnx.split(self)
-    return positions, _encode_images(graphdef, state, inputs)[:merged]
+    if not ((grid[:, 0] == 1).all() and len(rows) == len(grid)):  # several images in a row
+      if hosts.multiple():
+        raise ValueError("A multi-host run takes one image per prompt (row aligned images).")
+      inputs, merged = vision.vision_inputs(pixels, grid, self.config.vision)
+      return positions, _encode_images(graphdef, state, inputs)[:merged]
+    longest = hosts.agree(grid[:, 1:].prod(-1).max())  # patches: one length on every host
+    inputs, _ = vision.vision_inputs(pixels, grid, self.config.vision, images=len(ids),
+                                     length=max(64, padding.bucket_length(longest)), rows=rows)
+    inputs = vision.VisionInputs(*hosts.global_rows(tuple(inputs[:4])), None)
+    return positions, _encode_images(graphdef, state, inputs)
 
-  def embed(self, tokens_BxT, image_embeds_MxD=None):
-    """Token embeddings with image placeholders replaced by image tokens, in order."""
+  def embed(self, tokens_BxT, image_embeds=None):
+    """Token embeddings with image placeholders replaced by image tokens, in order:
+    `image_embeds` `[M, D]` across the rows, or row aligned `[B, K, D]`."""
     x_BxTxD = self.model.embed_tokens(tokens_BxT)
-    if image_embeds_MxD is None:
+    if image_embeds is None:
       return x_BxTxD
     is_image_BxT = tokens_BxT == self.config.image_token_id
-    index_BxT = jnp.cumsum(is_image_BxT.reshape(-1)).reshape(is_image_BxT.shape) - 1
-    image_BxTxD = jnp.take(image_embeds_MxD, jnp.clip(index_BxT, 0), axis=0)
+    if image_embeds.ndim == 3:  # row b reads its own image's tokens
+      index_BxT = jnp.clip(jnp.cumsum(is_image_BxT, axis=1) - 1, 0)
+      image_BxTxD = jax.vmap(lambda e_KxD, i_T: jnp.take(e_KxD, i_T, axis=0))(image_embeds,
+                                                                               index_BxT)
+    else:
+      index_BxT = jnp.cumsum(is_image_BxT.reshape(-1)).reshape(is_image_BxT.shape) - 1
+      image_BxTxD = jnp.take(image_embeds, jnp.clip(index_BxT, 0), axis=0)
     return jnp.where(is_image_BxT[..., None], image_BxTxD.astype(x_BxTxD.dtype), x_BxTxD)
 
   def __call__(self, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None,

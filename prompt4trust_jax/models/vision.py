@@ -217,7 +217,9 @@ class VisionTransformer(nnx.Module):
     self.merger = PatchMerger(cfg, rngs=rngs)
 
   def __call__(self, inputs: "VisionInputs") -> jax.Array:
-    """Merged image tokens `[M, out_dim]` in order, M = `len(inputs.index_M)`."""
+    """Merged image tokens `[M, out_dim]` in order, M = `len(inputs.index_M)`; without
+    `index_M`, row aligned: `[I, K, out_dim]`, row i's K = J / merge_size**2 tokens (the
+    tokens of row i's image first, then padding)."""
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     kernel_ExW = self.patch_embed[...].reshape(cfg.patch_dim, cfg.width)
@@ -233,7 +235,11 @@ class VisionTransformer(nnx.Module):
       x_IxJxW = layers.batch_constraint(block(x_IxJxW, cos_IxJxH, sin_IxJxH,
                                               inputs.window_IxJ if use_window
                                               else inputs.image_IxJ))
-    return jnp.take(self.merger(x_IxJxW), inputs.index_M, axis=0)
+    merged_MxD = self.merger(x_IxJxW)  # M = I x K: K merged tokens per row
+    if inputs.index_M is None:  # row aligned: row i's tokens, padding included
+      return layers.batch_constraint(merged_MxD.reshape(x_IxJxW.shape[0], -1,
+                                                        merged_MxD.shape[-1]))
+    return jnp.take(merged_MxD, inputs.index_M, axis=0)
 
 
 class VisionInputs(NamedTuple):
@@ -242,17 +248,20 @@ class VisionInputs(NamedTuple):
   positions_IxJx2: np.ndarray  # each patch's (row, column) in its image
   image_IxJ: np.ndarray  # 0 for the image's patches, -1 for padding
   window_IxJ: np.ndarray  # the patch's window id (Qwen2.5-VL), -1 for padding
-  index_M: np.ndarray  # where each image's merged tokens are, images in order, then padding
+  # Where each image's merged tokens are, images in order, then padding; None: row aligned.
+  index_M: np.ndarray | None
 
 
 def vision_inputs(pixel_values, image_grid_thw, cfg: VisionConfig,
-                  images: int | None = None, length: int | None = None):
+                  images: int | None = None, length: int | None = None, rows=None):
   """`(VisionInputs, merged token count)` for the processor's packed `pixel_values`.
 
   Each frame of each image gets its own row (frames and images are separate attention
   segments, as in HF), padded to `length` patches (default: the largest image's, bucketed
   as prompts are, at least 64); `images` rows in all (default: the next power of two), so
   images of similar sizes share one compiled encoder. `index_M` is padded to a power of two.
+  `rows` (one per frame) puts frame f in row `rows[f]` and leaves `index_M` None: the
+  encoder's tokens then stay row aligned with the prompts that show them (one image each).
   """
   m = cfg.merge_size
   window_units = max(cfg.window_size // m // cfg.patch_size, 1)
@@ -279,7 +288,11 @@ def vision_inputs(pixel_values, image_grid_thw, cfg: VisionConfig,
   image_IxJ = np.full((I, J), -1, np.int32)
   window_IxJ = np.full((I, J), -1, np.int32)
   index = []
-  for row, (first, h, w) in enumerate(frames):
+  placed = range(len(frames)) if rows is None else np.asarray(rows)
+  if len(placed) != len(frames) or (len(placed) and not 0 <= min(placed) <= max(placed) < I):
+    raise ValueError(f"rows {list(placed)} must place each of the {len(frames)} images in one "
+                     f"of {I} rows.")
+  for row, (first, h, w) in zip(placed, frames):
     n = h * w
     # Patch order within an image: merge blocks row-major, 2x2 patches inside each.
     hh, ww = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
@@ -294,5 +307,8 @@ def vision_inputs(pixel_values, image_grid_thw, cfg: VisionConfig,
     index.append(row * (J // (m * m)) + np.arange(n // (m * m)))
   index_M = np.concatenate(index).astype(np.int32)
   merged = len(index_M)
-  index_M = np.concatenate([index_M, np.zeros(padding.bucket_batch(merged) - merged, np.int32)])
+  if rows is not None:
+    index_M = None
+  else:
+    index_M = np.concatenate([index_M, np.zeros(padding.bucket_batch(merged) - merged, np.int32)])
   return VisionInputs(pixels_IxJxE, positions_IxJx2, image_IxJ, window_IxJ, index_M), merged

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from prompt4trust_jax import padding
+from prompt4trust_jax import hosts, padding
 from prompt4trust_jax.downstream import constraints
 from prompt4trust_jax.models import kv_cache as kv_cache_lib
 from prompt4trust_jax.models import layers
@@ -240,13 +240,18 @@ def generate(model: DecoderModel, prompts: Sequence[Sequence[int]], *, max_new_t
     if temperature > 0:
       raise ValueError("Sampling with temperature > 0 needs rng=jax.random.key(seed).")
     rng = jax.random.key(0)
-  tokens, mask = padding.left_pad(prompts, padding.bucket_length(max(len(p) for p in prompts)),
-                                  padding.bucket_rows(len(prompts), copies), pad_token_id)
+  prompt_QxP, prompt_mask_QxP = padding.left_pad(
+      prompts, padding.shared_length([len(p) for p in prompts]),
+      padding.bucket_rows(len(prompts), copies), pad_token_id)
   positions = image_embeds = None
   if pixel_values is not None or image_grid_thw is not None:
     if not isinstance(model, MultimodalModel):
       raise ValueError(f"{type(model).__name__} takes no images.")
-    positions, image_embeds = model.multimodal_inputs(tokens, mask, pixel_values, image_grid_thw)
+    positions, image_embeds = model.multimodal_inputs(prompt_QxP, prompt_mask_QxP, pixel_values,
+                                                      image_grid_thw)
+    positions = hosts.global_rows(positions, axis=positions.ndim - 2)
+  # Several hosts: each one's prompts are its rows of the global batch.
+  tokens, mask = hosts.global_rows((prompt_QxP, prompt_mask_QxP))
   graphdef, state = nnx.split(model)
   params = SamplingParams(float(temperature), int(top_k), float(top_p),
                           tuple(int(e) for e in eos_token_ids), int(pad_token_id),
@@ -262,10 +267,9 @@ def generate(model: DecoderModel, prompts: Sequence[Sequence[int]], *, max_new_t
     out = generate_padded(graphdef, state, tokens, mask, rng, positions, image_embeds, head_DxV,
                           max_new_tokens=max_new_tokens, params=params, copies=copies)
   rows = len(prompts) * copies
-  tokens_BxN, logprobs_BxN, lengths_B = (np.asarray(x)[:rows] for x in jax.device_get(out))
+  tokens_BxN, logprobs_BxN, lengths_B = (hosts.local_rows(x)[:rows] for x in out)
   return GenerateOutput(
       tokens=[row[:n].tolist() for row, n in zip(tokens_BxN, lengths_B)],
       logprobs=[row[:n] for row, n in zip(logprobs_BxN, lengths_B)],
       tokens_BxN=tokens_BxN, logprobs_BxN=logprobs_BxN, lengths_B=lengths_B,
-      prompt_QxP=np.asarray(tokens)[:len(prompts)],
-      prompt_mask_QxP=np.asarray(mask)[:len(prompts)])
+      prompt_QxP=prompt_QxP[:len(prompts)], prompt_mask_QxP=prompt_mask_QxP[:len(prompts)])

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from prompt4trust_jax import calibration, sharding
+from prompt4trust_jax import calibration, hosts, sharding
 from prompt4trust_jax.downstream import answerer as downstream
 from prompt4trust_jax.policy import hints
 from prompt4trust_jax.training import grpo, rewards, update
@@ -70,15 +70,13 @@ class Rollout:
       veto_B = jnp.asarray(self.reward_spec.veto_mask(written.texts,
                                                       [self.letters[a] for a in answer_B]))
     total_B, per_term = self.reward_spec(judged, veto_B)
-    info = {f"reward/{k}": float(v)
-            for k, v in rewards.summarize(per_term, total_B, veto_B).items()}
-    info.update({f"downstream/{k}": float(v) for k, v in calibration.summary(
-        judged.confidence_B, judged.valid_B, judged.correct_B).items()})
-    info["hint_length/mean"] = float(written.output.lengths_B.mean())
+    info = _metrics(per_term, total_B, veto_B, judged, written.output.lengths_B)
 
     batch = update.Batch.from_rollout(written.output, G,
                                       grpo.advantages(total_B, G, config.grpo.advantage))
-    if self.mesh is not None:  # the update's layout, which the forwards below keep
+    if hosts.multiple():  # each host's rows are its block of the global batch
+      batch = hosts.global_rows(jax.tree.map(np.asarray, batch))
+    elif self.mesh is not None:  # the update's layout, which the forwards below keep
       batch = jax.device_put(batch, sharding.batch_sharding(self.mesh))
     N = written.output.tokens_BxN.shape[1]
     forward = dict(temperature=self.sampling_settings["temperature"], group_size=G,
@@ -93,3 +91,17 @@ class Rollout:
       batch = batch.replace(ref_logp_BxN=self.kl_reference.logprobs(
           batch.tokens_BxL, batch.attention_mask_BxL, N, state=state, **forward))
     return batch, info
+
+
+def _metrics(per_term, total_B, veto_B, judged, hint_lengths_B) -> dict[str, float]:
+  """The rollout's scalar metrics over every host's rows (`hosts.all_rows`), so each host
+  logs what one host holding the whole global batch would."""
+  rows = hosts.all_rows
+  total_B, veto_B = rows(total_B), None if veto_B is None else rows(veto_B)
+  per_term = {name: rows(reward_B) for name, reward_B in per_term.items()}
+  info = {f"reward/{k}": float(v)
+          for k, v in rewards.summarize(per_term, total_B, veto_B).items()}
+  info.update({f"downstream/{k}": float(v) for k, v in calibration.summary(
+      rows(judged.confidence_B), rows(judged.valid_B), rows(judged.correct_B)).items()})
+  info["hint_length/mean"] = float(rows(hint_lengths_B).mean())
+  return info

@@ -31,10 +31,12 @@ from prompt4trust_jax.training import rollout as rollout_lib
 
 def _data_iterator(config, workdir: str):
   """`(iterator, split size)`: a Grain iterator over the configured split, lists of
-  `questions_per_step` examples."""
+  `questions_per_step` examples (divided by the process count: this host's part)."""
   records = data.configured_source(config.data, config.data.split, workdir)
-  # Every host reads the same questions: the rollout is computed whole on each host.
-  return iter(data.batches(records, config.data.questions_per_step, config.seed)), len(records)
+  # Each host reads its part of every global batch (the rollout's rows it holds).
+  return iter(data.batches(records, config.data.questions_per_step, config.seed,
+                           shard_index=jax.process_index(),
+                           shard_count=jax.process_count())), len(records)
 
 
 def num_rollouts(train_section, questions_per_step: int, split_size: int) -> int:
@@ -118,8 +120,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str,
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (or resumes) the policy; returns the last rollout's metrics."""
-  if config.get("distributed") is not None:  # before anything touches a device
-    sharding.initialize_distributed(**config.distributed)
+  sharding.join_configured(config)  # before anything touches a device
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # may be remote (gs://...)
   job = setup(config, workdir)
   state, batches, total, g = job.state, job.batches, job.total, config.grpo
@@ -161,6 +162,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             "learning rate and the reward settings. No checkpoint was written from them.")
       if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == total:
         checkpoints.save(manager, step + 1, state, batches)
+        logger.plot()
     manager.wait_until_finished()
   finally:
     logger.close()

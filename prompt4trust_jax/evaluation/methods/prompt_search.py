@@ -17,7 +17,6 @@ and answers the test split under it.
 import dataclasses
 import json
 import math
-import os
 from collections.abc import Callable, Sequence
 
 import jax
@@ -26,7 +25,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from prompt4trust_jax import calibration, prompts
+from prompt4trust_jax import calibration, hosts, prompts, run_files
 from prompt4trust_jax.downstream import answerer as downstream
 from prompt4trust_jax.evaluation import registry
 from prompt4trust_jax.policy import hints
@@ -125,11 +124,10 @@ def searched_instruction(ctx) -> str:
   if c.get("instruction_file"):
     with open(c.instruction_file) as f:
       return json.load(f)["best"]
-  path = os.path.join(ctx.workdir, "prompt_search.json")
+  path = run_files.path(ctx.workdir, "prompt_search.json")
   cache = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      cache = {x["instruction"]: x for x in json.load(f)["candidates"]}
+  if path.exists():
+    cache = {x["instruction"]: x for x in json.loads(path.read_text())["candidates"]}
   examples = ctx.splits["val"][:c.num_examples or None]
   base = ctx.elicitation(registry.Run("prompt_search"))  # as configured, before the search
 
@@ -158,8 +156,7 @@ def searched_instruction(ctx) -> str:
   return ranked[0].instruction
 
 
-def _save(path: str, cache: dict, best: str | None = None):
-  if jax.process_index() == 0:
-    with open(path + ".tmp", "w") as f:
-      json.dump({"best": best, "candidates": list(cache.values())}, f, indent=1)
-    os.replace(path + ".tmp", path)  # never a half-written cache
+def _save(path, cache: dict, best: str | None = None):
+  if hosts.is_writer():  # never a half-written cache
+    run_files.replace_text(path, json.dumps({"best": best, "candidates": list(cache.values())},
+                                            indent=1))
