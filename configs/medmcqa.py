@@ -33,5 +33,5 @@ def get_config(arg: str | None = None):
     # are worded for lettered image questions.
     c.eval.update(methods=_TEXT_METHODS, corruptions=("typo:3",))
   else:
-    c.data.split = "train"
+    c.data.update(split="train", heldout_split="validation")
   return c

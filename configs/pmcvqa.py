@@ -70,7 +70,11 @@ def get_config(arg: str | None = None):
                 advantage="group_mean", num_iterations=4)
   c.optimizer.update(learning_rate=1e-6, weight_decay=0.0, max_grad_norm=1.0, schedule="linear",
                      warmup_steps=0)
-  c.train.update(epochs=3.0, rollouts=0, checkpoint_every=50, keep_checkpoints=3)
+  # No held-out evaluation during training (the original has none; configs/eval_pmcvqa.py
+  # evaluates); train.heldout_questions=N evaluates N val_1k questions before and after.
+  c.data.heldout_split = "val_1k"
+  c.train.update(epochs=3.0, rollouts=0, checkpoint_every=50, keep_checkpoints=3,
+                 heldout_questions=0)
   for name in args:
     for key, value in SETTINGS.get(name, {}).items():
       section, field = key.split(".")

@@ -3,7 +3,7 @@
 from absl import app, flags
 from ml_collections import config_flags
 
-from prompt4trust_jax import fixtures, host_memory, sharding
+from prompt4trust_jax import console, fixtures, host_memory, sharding
 from prompt4trust_jax.training import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Experiment config file.")
@@ -13,6 +13,8 @@ _WORKDIR = flags.DEFINE_string("workdir", "/tmp/prompt4trust_demo", "Checkpoints
 def main(argv):
   del argv
   host_memory.retain_freed_memory()  # before JAX starts its thread pools
+  if not flags.FLAGS["verbosity"].present:  # -v 0 shows the libraries' INFO logs
+    console.quiet_libraries()
   # The demos' random models (unset paths) are made here, once per workdir, not by the loop.
   sharding.join_configured(_CONFIG.value)  # multi-host: before the random models touch JAX
   config = fixtures.with_random_models(_CONFIG.value, _WORKDIR.value)

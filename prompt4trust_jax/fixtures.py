@@ -70,7 +70,8 @@ def write_tokenizer(out_dir: str, vocab_size: int) -> transformers.PreTrainedTok
                                                pre_tokenizers.ByteLevel(add_prefix_space=False)])
   tok.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(vocab_size=min(vocab_size, 1024), special_tokens=list(SPECIAL_TOKENS),
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                show_progress=False)
   tok.train_from_iterator(_CORPUS * 4, trainer)
   fast = transformers.PreTrainedTokenizerFast(
       tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",

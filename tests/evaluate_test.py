@@ -25,7 +25,7 @@ def trained(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("trained"))
   config = demo.get_config()
   config.sampling.max_new_tokens = 8
-  config.train.update(rollouts=2, checkpoint_every=2)
+  config.train.update(rollouts=2, checkpoint_every=2, heldout_questions=0)
   launch.train(config, workdir)
   return workdir
 

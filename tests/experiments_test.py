@@ -11,20 +11,28 @@ from prompt4trust_jax import models
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(*args):
+def _run(*args, stderr: bool = False):
+  """Runs `python -m <args>`; its stdout (and stderr)."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
   proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  return proc.stdout
+  return (proc.stdout, proc.stderr) if stderr else proc.stdout
 
 
 def test_train_then_evaluate_demo_run_and_report(tmp_path):
   trained, evaluated = tmp_path / "train", tmp_path / "eval"
-  out = _run("experiments.train", "--config=configs/demo.py", f"--workdir={trained}",
-             "--config.train.rollouts=2", "--config.sampling.max_new_tokens=8")
-  final = out.strip().splitlines()[-1]
+  out, err = _run("experiments.train", "--config=configs/demo.py", f"--workdir={trained}",
+                  "--config.train.rollouts=2", "--config.sampling.max_new_tokens=8",
+                  stderr=True)
+  lines = out.strip().splitlines()
+  final = lines[-1]
   assert final.startswith("final: ") and "reward/total/mean=" in final and "downstream/ece=" in final
+  # The console: a line per rollout, the held-out before/after table, no library log dumps.
+  assert [line.split()[1] for line in lines if line.startswith("rollout ")] == ["1/2", "2/2"]
+  assert [line.split()[0] for line in lines[-4:-1]] == ["held", "initial", "after"]
+  assert "Orbax" not in out + err and "CheckpointManager" not in err and len(lines) < 12, lines
+  assert not err.strip(), err[-2000:]
   assert os.path.isdir(trained / "checkpoints" / "2")
   assert os.path.exists(trained / "metrics.jsonl")
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(trained / "tensorboard"))

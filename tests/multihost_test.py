@@ -64,9 +64,11 @@ def test_the_gpu_hosts_recipe_prepares_once_and_logs_once(tmp_path):
       "config.train.rollouts": "1", "workdir": workdir})
   assert all("final: " in out for out, _ in outs)
   # Process 0 prepared the data set; process 1 waited and read the prepared files.
-  prepared = ["prepared to" in err or "Generating" in err for _, err in outs]
-  assert prepared == [True, False], [err[-1500:] for _, err in outs]
-  assert len(_records(workdir)) == 1  # one record, from process 0
+  prepared = ["prepared to" in out for out, _ in outs]  # the launcher's one line about it
+  assert prepared == [True, False], [out[-1500:] for out, _ in outs]
+  # Each record once, from process 0: held out (initial policy), rollout 1, held out (trained).
+  assert [(r["rollout"], "heldout/ece" in r) for r in _records(workdir)] == [
+      (0, True), (1, False), (1, True)]
   assert sorted(os.listdir(os.path.join(workdir, "random_models"))) == ["qwen2_tiny",
                                                                       "qwen2_vl_tiny"]
 
@@ -98,7 +100,8 @@ def test_two_hosts_of_four_devices_train_as_one_host_of_eight(tmp_path):
   assert set(read[0]) | set(read[1]) <= set(seen["read"])
 
   expected, got = _records(one_host), _records(two_hosts)  # process 0 alone wrote its file
-  assert [r["rollout"] for r in got] == [r["rollout"] for r in expected] == [1, 2]
+  # The held-out evaluations before and after too (each host judging its half of them).
+  assert [r["rollout"] for r in got] == [r["rollout"] for r in expected] == [0, 1, 2, 2]
   for want, have in zip(expected, got):
     assert want.keys() == have.keys()
     for key in want:

@@ -19,7 +19,7 @@ def test_train_then_evaluate_on_realistic_checkpoints(realistic_policy_dir, real
   config.policy.path, config.downstream.path = realistic_policy_dir, realistic_vl_dir
   config.data.questions_per_step = 2
   config.sampling.update(num_generations=4, max_new_tokens=6)  # 8 rows: one per fake device
-  config.train.update(rollouts=1, checkpoint_every=1)
+  config.train.update(rollouts=1, checkpoint_every=1, heldout_questions=0)
   trained = str(tmp_path / "train")
   metrics = launch.train(config, trained)
   assert np.isfinite(metrics["loss"]) and metrics["downstream/invalid_rate"] == 0

@@ -18,6 +18,7 @@ def _config(rollouts, **overrides):
   config.sampling.max_new_tokens = 12
   config.train.rollouts = rollouts
   config.train.checkpoint_every = 2
+  config.train.heldout_questions = 0  # on where a test says so
   for key, value in overrides.items():
     section, name = key.split(".")
     config[section][name] = value
@@ -37,7 +38,7 @@ def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path):
   # A constant learning rate: the linear schedule spans the run's length, which the halted
   # run's first leg changes (the SIGKILL test below resumes the linear default).
   straight, halted = str(tmp_path / "straight"), str(tmp_path / "halted")
-  constant = {"optimizer.schedule": "constant"}
+  constant = {"optimizer.schedule": "constant", "train.heldout_questions": 2}
   metrics = launch.train(_config(4, **constant), straight)
   assert np.isfinite(metrics["loss"]) and metrics["downstream/invalid_rate"] == 0
   launch.train(_config(2, **constant), halted)  # stops after rollout 2 (a checkpoint)
@@ -49,8 +50,16 @@ def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path):
   with open(os.path.join(halted, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
   iterations = demo.get_config().grpo.num_iterations
+  heldout = [r for r in records if "heldout/ece" in r]
+  records = [r for r in records if "heldout/ece" not in r]
   assert [r["rollout"] for r in records] == [1, 2, 3, 4]
   assert [r["optimizer_step"] for r in records] == [iterations * r for r in (1, 2, 3, 4)]
+  # Held out: the initial policy once, then after each leg's last rollout (none repeated).
+  assert [r["rollout"] for r in heldout] == [0, 2, 4]
+  assert all(set(r) >= {"heldout/ece", "heldout/reward", "heldout/accuracy"} for r in heldout)
+  # The initial policy's figures do not depend on the run: both runs start from one policy.
+  with open(os.path.join(straight, "metrics.jsonl")) as f:
+    assert json.loads(f.readline()) == heldout[0]
   # The training curves, redrawn at each checkpoint from every record (the resumed leg's too).
   with open(os.path.join(halted, "training.png"), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import grain
 import tensorflow_datasets as tfds
 
-from prompt4trust_jax import hosts
+from prompt4trust_jax import console, hosts
 from prompt4trust_jax.data import medmcqa, pmc_vqa
 from prompt4trust_jax.downstream import images
 
@@ -50,10 +50,13 @@ def source(name: str, split: str, data_dir: str, manual_dir: str | None = None,
                      "(with a config, e.g. 'pmc_vqa/paper').")
   decoders = {"image": tfds.decode.SkipDecoding()} if builder_name == "pmc_vqa" else None
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-  read = lambda: tfds.data_source(
-      name, split=split, data_dir=data_dir, decoders=decoders,
-      builder_kwargs={"strict": strict, "file_format": "array_record"},
-      download_and_prepare_kwargs={"download_config": download_config})
+  def read():
+    with console.preparing(f"data {name}"):
+      return tfds.data_source(
+          name, split=split, data_dir=data_dir, decoders=decoders,
+          builder_kwargs={"strict": strict, "file_format": "array_record"},
+          download_and_prepare_kwargs={"download_config": download_config})
+
   return hosts.prepared_once(read, f"tfds {name} {split}")
 
 

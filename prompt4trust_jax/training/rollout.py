@@ -54,7 +54,18 @@ class Rollout:
     with sharding.using(self.mesh):
       return self._rollout(state, examples, key)
 
-  def _rollout(self, state, examples, key) -> tuple[update.Batch, dict[str, float]]:
+  def judge(self, state, examples, key) -> dict[str, np.ndarray]:
+    """A rollout's answers without its update batch: per completion (every host's rows),
+    `confidence_B`, `valid_B`, `correct_B` and the total `reward_B` (the held-out evaluation:
+    the policy's hints, sampled as in training, and what they do to the downstream)."""
+    with sharding.using(self.mesh):
+      _, judged, total_B, _, _ = self._answered(state, examples, key)
+    return {"confidence_B": hosts.all_rows(judged.confidence_B),
+            "valid_B": hosts.all_rows(judged.valid_B),
+            "correct_B": hosts.all_rows(judged.correct_B), "reward_B": hosts.all_rows(total_B)}
+
+  def _answered(self, state, examples, key):
+    """`(hints written, judged answers, total_B, per-term rewards, veto_B)` of one rollout."""
     config, G = self.config, self.config.sampling.num_generations
     written = hints.write(
         self._sampler(state), self.tokenizer, self.eos, examples, preset=self.preset,
@@ -70,6 +81,11 @@ class Rollout:
       veto_B = jnp.asarray(self.reward_spec.veto_mask(written.texts,
                                                       [self.letters[a] for a in answer_B]))
     total_B, per_term = self.reward_spec(judged, veto_B)
+    return written, judged, total_B, per_term, veto_B
+
+  def _rollout(self, state, examples, key) -> tuple[update.Batch, dict[str, float]]:
+    config, G = self.config, self.config.sampling.num_generations
+    written, judged, total_B, per_term, veto_B = self._answered(state, examples, key)
     info = _metrics(per_term, total_B, veto_B, judged, written.output.lengths_B)
 
     batch = update.Batch.from_rollout(written.output, G,

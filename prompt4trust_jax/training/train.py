@@ -22,8 +22,8 @@ import optax
 from absl import logging
 from etils import epath
 
-from prompt4trust_jax import (checkpoints, config_sections, data, metrics_log, models, prompts,
-                               run_models, sharding)
+from prompt4trust_jax import (calibration, checkpoints, config_sections, console, data, hosts,
+                              metrics_log, models, prompts, run_models, sharding)
 from prompt4trust_jax.downstream import answerer as downstream
 from prompt4trust_jax.training import grpo, reference, rewards, update
 from prompt4trust_jax.training import rollout as rollout_lib
@@ -37,6 +37,48 @@ def _data_iterator(config, workdir: str):
   return iter(data.batches(records, config.data.questions_per_step, config.seed,
                            shard_index=jax.process_index(),
                            shard_count=jax.process_count())), len(records)
+
+
+def _heldout_batches(config, workdir: str) -> list[list[dict]]:
+  """The held-out questions (`data.heldout_split`'s first `train.heldout_questions`, in id
+  order; none when 0) in lists of questions_per_step, this host's part of each."""
+  n = config.train.get("heldout_questions", 0)
+  if not n:
+    return []
+  records = data.configured_source(config.data, config.data.heldout_split, workdir)
+  chosen = sorted(range(len(records)), key=lambda i: records[i]["id"])[:n]
+  if len(chosen) < config.data.questions_per_step:
+    raise ValueError(f"train.heldout_questions={n} ({len(chosen)} in {config.data.heldout_split})"
+                     f" is fewer than one batch of data.questions_per_step="
+                     f"{config.data.questions_per_step}; raise it or set it to 0.")
+  return list(data.batches([records[i] for i in chosen], config.data.questions_per_step,
+                           config.seed, shuffle=False, num_epochs=1,
+                           shard_index=jax.process_index(), shard_count=jax.process_count()))
+
+
+def heldout_metrics(rollout: rollout_lib.Rollout, state, batches, seed: int) -> dict[str, float]:
+  """`heldout/ece`, `heldout/accuracy` and `heldout/reward` (the mean total reward) of the
+  policy's hints on the held-out batches, over all their answers. The sampling keys depend on
+  the seed only, so the initial and the trained policy are compared on equal draws."""
+  key = jax.random.fold_in(jax.random.key(seed), 1 << 30)  # apart from the rollouts' keys
+  judged = [rollout.judge(state, b, jax.random.fold_in(key, i)) for i, b in enumerate(batches)]
+  rows = {k: np.concatenate([j[k] for j in judged]) for k in judged[0]}
+  summary = calibration.summary(rows["confidence_B"], rows["valid_B"], rows["correct_B"])
+  return {"heldout/ece": float(summary["ece"]), "heldout/reward": float(rows["reward_B"].mean()),
+          "heldout/accuracy": float(summary["accuracy"])}
+
+
+def before_after(records: list[dict]) -> str:
+  """The first and last held-out records as a two-line table (with its header)."""
+  heldout = [r for r in records if "heldout/ece" in r]
+  if not heldout:
+    return "held out: no evaluation recorded"
+  lines = [f"{'held out':<22}{'ECE':>8}{'reward':>9}{'accuracy':>10}"]
+  for name, r in (("initial policy", heldout[0]), (f"after rollout {heldout[-1]['rollout']}",
+                                                    heldout[-1])):
+    lines.append(f"{name:<22}{r['heldout/ece']:>8.3f}{r['heldout/reward']:>9.3f}"
+                 f"{r['heldout/accuracy']:>10.3f}")
+  return "\n".join(lines)
 
 
 def num_rollouts(train_section, questions_per_step: int, split_size: int) -> int:
@@ -103,6 +145,14 @@ def setup(config: ml_collections.ConfigDict, workdir: str,
   if not policy_settings["temperature"] > 0:
     raise ValueError(f"sampling.temperature is {policy_settings['temperature']}; GRPO needs > 0 "
                      "(its ratio and KL read the policy's log-probs at that temperature).")
+  if hosts.multiple():  # each host's rows of the update batch must split over its devices
+    rows = config.data.questions_per_step // jax.process_count() * config.sampling.num_generations
+    if rows % hosts.local_batch_devices(mesh):
+      raise ValueError(
+          f"Each of the {jax.process_count()} hosts holds {rows} completions per rollout "
+          f"(questions_per_step / hosts x num_generations), which do not split over its "
+          f"{hosts.local_batch_devices(mesh)} data-parallel devices; raise "
+          "data.questions_per_step.")
   batches, split_size = _data_iterator(config, workdir)
   total = num_rollouts(config.train, config.data.questions_per_step, split_size)
   o = config.optimizer
@@ -130,16 +180,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   if manager.latest_step() is not None:
     start = manager.latest_step()
     state = checkpoints.restore(manager, start, state, batches)
-    logging.info("Resumed from rollout %d (optimizer step %d) in %s", start,
-                 start * g.num_iterations, workdir)
-  logging.info("%d rollouts of %d questions x %d hints, %d optimizer steps in all", total,
-               config.data.questions_per_step, config.sampling.num_generations,
-               total * g.num_iterations)
+    console.say(f"Resumed from rollout {start} (optimizer step {start * g.num_iterations}) "
+                f"in {workdir}")
+  console.say(f"{total} rollouts of {config.data.questions_per_step} questions x "
+              f"{config.sampling.num_generations} hints, {total * g.num_iterations} optimizer "
+              "steps in all")
 
   base_key = jax.random.key(config.seed)
   logger = metrics_log.Logger(workdir, total, g.num_iterations)
+  heldout = _heldout_batches(config, workdir)
+  # The rollouts already evaluated, as process 0 read them: every host takes one decision.
+  evaluated = set(hosts.all_objects(
+      sorted({r["rollout"] for r in logger.records() if "heldout/ece" in r}))[0])
   failures, metrics = 0, {}
   try:
+    if heldout and start == 0 and 0 not in evaluated:  # the initial policy, once
+      logger.write_heldout(0, heldout_metrics(job.rollout, state, heldout, config.seed))
     for step in range(start, total):
       key = jax.random.fold_in(base_key, step)
       batch, info = job.rollout(state, next(batches), key)
@@ -164,6 +220,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         checkpoints.save(manager, step + 1, state, batches)
         logger.plot()
     manager.wait_until_finished()
+    if heldout and total not in evaluated:  # the trained policy
+      logger.write_heldout(total, heldout_metrics(job.rollout, state, heldout, config.seed))
+      logger.plot()
+    if heldout and hosts.is_writer():
+      console.say(before_after(logger.records()))
   finally:
     logger.close()
   return metrics
