@@ -80,11 +80,18 @@ def write_tokenizer(out_dir: str, vocab_size: int) -> transformers.PreTrainedTok
   return fast
 
 
-def write_random_qwen2(out_dir: str, config: qwen2.Qwen2Config, seed: int = 0) -> str:
-  """A random Qwen2 checkpoint + tokenizer in hub layout at `out_dir`; returns it."""
+def write_random_qwen2(out_dir: str, config: qwen2.Qwen2Config, seed: int = 0,
+                       vocab_from_tokenizer: bool = False) -> str:
+  """A random Qwen2 checkpoint + tokenizer in hub layout at `out_dir`; returns it.
+
+  `vocab_from_tokenizer`: the model's vocabulary is the tokenizer's (a few hundred ids), so
+  every id it samples decodes to text (the demos' policy; benchmark shapes keep theirs).
+  """
+  tokenizer = write_tokenizer(out_dir, config.vocab_size)
+  if vocab_from_tokenizer:
+    config = qwen2.Qwen2Config(**{**config.__dict__, "vocab_size": len(tokenizer)})
   model = qwen2.Qwen2ForCausalLM(config, rngs=nnx.Rngs(seed))
   checkpoint.export_hf(model, out_dir)
-  write_tokenizer(out_dir, config.vocab_size)
   return out_dir
 
 
@@ -135,7 +142,8 @@ def with_random_models(config, workdir: str):
   if not p.path:
     p.path = made(os.path.join(p.get("train_workdir") or workdir, "random_models",
                                f"qwen2_{p.random_shape}"),
-                  lambda out: write_random_qwen2(out, shape_config(p.random_shape), seed))
+                  lambda out: write_random_qwen2(out, shape_config(p.random_shape), seed,
+                                                 vocab_from_tokenizer=True))
   if not d.path:
     d.path = made(os.path.join(workdir, "random_models", f"qwen2_vl_{d.random_shape}"),
                   lambda out: write_random_qwen2_vl(out, vl_shape_config(d.random_shape), seed))

@@ -40,3 +40,17 @@ def test_grpo_raises_a_reward_read_from_the_hint_text(tmp_path):
   # Stated margin: the mean reward of the last 4 rollouts exceeds the first 4's by 0.2, of a
   # reward in [0, 1] (measured: 0.26 -> 0.60; a random policy's is the vocabulary's vowel share).
   assert after > before + 0.2, np.round(means, 3)
+
+
+def test_the_demo_policy_samples_only_ids_its_tokenizer_decodes(tmp_path):
+  """The demos' random policy has its tokenizer's vocabulary: every id but the special ones
+  decodes to text (a 4,096-id policy over this 468-id tokenizer sampled 92% nothing)."""
+  from configs import demo
+  config = fixtures.with_random_models(demo.get_config(), str(tmp_path))
+  policy = models.from_pretrained(config.policy.path)
+  tokenizer = models.load_tokenizer(config.policy.path)
+  assert policy.config.vocab_size == len(tokenizer)
+  special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+  silent = [i for i in range(policy.config.vocab_size)
+            if i not in special and not tokenizer.decode([i], skip_special_tokens=True)]
+  assert not silent, silent

@@ -27,7 +27,8 @@ def test_colab_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
   assert ran == 5
   assert set(namespace["results"]) == {"no_hint", "prompt4trust", "logit"}
   assert namespace["metrics"]["downstream/invalid_rate"] == 0
-  assert [row["rollout"] for row in namespace["history"]] == [1, 2]
+  assert [(row["rollout"], "heldout/ece" in row) for row in namespace["history"]] == [
+      (0, True), (1, False), (2, False), (2, True)]
   assert namespace["choice"].startswith("setting 'lora'")  # what one CPU fits
 
 
