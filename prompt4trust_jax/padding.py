@@ -5,7 +5,7 @@ program; prompts are left padded, so every row writes step t at the same cache s
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -46,7 +46,7 @@ def bucket_rows(n: int, copies: int = 1) -> int:
   return bucket_batch(n, devices // math.gcd(devices, copies))
 
 
-def shared_length(lengths: Sequence[int]) -> int:
+def shared_length(lengths: Iterable[int]) -> int:
   """`bucket_length` of the longest of `lengths` over every host (`hosts.agree`): the padded
   length of prompts that form one global array."""
   return bucket_length(hosts.agree(max(lengths)))

@@ -275,8 +275,7 @@ class Downstream:
         # A number at the very end may still grow ("confidence 8" -> "80").
         if parser(text).valid and not text.rstrip()[-1:].isdigit():
           done[row] = True
-      return state.replace(done_B=hosts.global_rows(done) if hosts.multiple()
-                           else jnp.asarray(done))
+      return state.replace(done_B=jnp.asarray(hosts.global_rows(done)))
 
     return sampling.decode_growing(graphdef, weights, head_DxV, state, rng, self._params(),
                                    steps=self.config.check_every, after_chunk=stop_parsed)

@@ -20,10 +20,9 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from etils import epath
 
 from prompt4trust_jax import (calibration, checkpoints, config_sections, console, data, hosts,
-                              metrics_log, models, prompts, run_models, sharding)
+                              metrics_log, models, prompts, run_files, run_models, sharding)
 from prompt4trust_jax.downstream import answerer as downstream
 from prompt4trust_jax.training import grpo, reference, rewards, update
 from prompt4trust_jax.training import rollout as rollout_lib
@@ -171,7 +170,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str,
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (or resumes) the policy; returns the last rollout's metrics."""
   sharding.join_configured(config)  # before anything touches a device
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # may be remote (gs://...)
+  run_files.path(workdir).mkdir(parents=True, exist_ok=True)  # may be remote (gs://...)
   job = setup(config, workdir)
   state, batches, total, g = job.state, job.batches, job.total, config.grpo
 
