@@ -29,7 +29,7 @@ def get_config(arg: str | None = None):
   """`configs/eval_pmcvqa.py:multihost` joins a multi-host run (BUILD.md)."""
   c = eval_demo.get_config(arg)
   c.prompts.preset = "reference"
-  c.policy.update(path="", train_workdir="", dtype="bfloat16", max_new_tokens=512,
+  c.policy.update(path="", random_tokenizer="", train_workdir="", dtype="bfloat16", max_new_tokens=512,
                   temperature=0.0, top_p=1.0, sampling_defaults="generation_config")
   c.downstream.update(path="", dtype="bfloat16", mode="verbalized", temperature=0.1, top_p=0.95,
                       max_new_tokens=256, sampling_defaults="generation_config")
@@ -38,6 +38,7 @@ def get_config(arg: str | None = None):
                 sample_image_first=False, consistency_valid="all", entropy_samples=40,
                 entropy_sampling="downstream")
   c.data.update(name="pmc_vqa/paper", split="test_clean", val_split="val_1k", manual_dir="")
+  c.data.synthetic = None
   c.eval.batch_size = 32
   # Every corruption at severities 1, 3 and 5 (IMC-style benchmark).
   c.eval.corruptions = tuple(f"{name}:{level}" for name in noise.CORRUPTIONS for level in (1, 3, 5))

@@ -22,10 +22,14 @@ def get_config(arg: str | None = None):
   """`configs/medmcqa.py` trains; `configs/medmcqa.py:eval` evaluates."""
   if arg not in (None, "", "eval"):
     raise ValueError(f"configs/medmcqa.py takes no argument or 'eval', got {arg!r}.")
-  c = eval_demo.get_config() if arg == "eval" else demo.get_config()
+  # The demo's plumbing-sized variant, on tiny random models (the toy world's are for images).
+  c = eval_demo.get_config("smoke") if arg == "eval" else demo.get_config("smoke")
+  c.policy.random_tokenizer = ""
+  c.downstream.path = ""
   c.prompts.preset = "medmcqa"
   c.downstream.update(parser="medmcqa", letters="1234")
   c.data.update(name="medmcqa", manual_dir=data.MEDMCQA_FIXTURE_DIR)
+  c.data.synthetic = None
   if arg == "eval":
     c.policy.train_workdir = "/tmp/prompt4trust_medmcqa"
     c.data.update(split="validation", val_split="train")  # T of logit_scaled fitted on train

@@ -59,11 +59,13 @@ def get_config(arg: str | None = None):
   if "multihost" in args:
     c.distributed = demo.distributed("multihost")
   c.prompts.preset = "reference"
-  c.policy.update(path="", dtype="float32", sampling_dtype="bfloat16")  # Qwen2.5-1.5B-Instruct
+  c.policy.update(path="", random_tokenizer="", dtype="float32",
+                  sampling_dtype="bfloat16")  # Qwen2.5-1.5B-Instruct
   c.downstream.update(path="", dtype="bfloat16", mode="verbalized", temperature=0.1, top_p=0.95,
                       max_new_tokens=256, sampling_defaults="generation_config")  # Qwen2-VL-2B
   c.data.update(name="pmc_vqa/paper", split="train_5k", questions_per_step=1,
                 manual_dir="")  # set to the folder with train.csv, test_clean.csv, images/
+  c.data.synthetic = None  # (ConfigDict.update would merge None into the demo's dict)
   c.sampling.update(num_generations=8, max_new_tokens=512, temperature=0.6, top_p=0.95,
                     top_k=100, repetition_penalty=1.0)
   c.grpo.update(beta=0.04, epsilon_low=0.2, epsilon_high=0.2, aggregation="bnpo",

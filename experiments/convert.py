@@ -30,7 +30,7 @@ def main(argv):
     if _CONFIG.value is None:
       raise app.UsageError("--train_workdir needs the run's --config (and its overrides).")
     # A demo run's policy is the random base the training launcher made in its workdir.
-    config = fixtures.with_random_models(_CONFIG.value, _TRAIN_WORKDIR.value)
+    config = fixtures.with_demo_inputs(_CONFIG.value, _TRAIN_WORKDIR.value)
     step = checkpoints.export_policy(config, _TRAIN_WORKDIR.value, _OUT.value,
                                      dtype=_DTYPE.value)
     print(f"wrote {_OUT.value} (rollout {step})")

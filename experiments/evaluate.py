@@ -18,7 +18,7 @@ def main(argv):
     console.quiet_libraries()
   # The demos' random models (unset paths) are made here, as training's launcher made them.
   sharding.join_configured(_CONFIG.value)  # multi-host: before the random models touch JAX
-  evaluation.run(fixtures.with_random_models(_CONFIG.value, _WORKDIR.value), _WORKDIR.value)
+  evaluation.run(fixtures.with_demo_inputs(_CONFIG.value, _WORKDIR.value), _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def main(argv):
     console.quiet_libraries()
   # The demos' random models (unset paths) are made here, once per workdir, not by the loop.
   sharding.join_configured(_CONFIG.value)  # multi-host: before the random models touch JAX
-  config = fixtures.with_random_models(_CONFIG.value, _WORKDIR.value)
+  config = fixtures.with_demo_inputs(_CONFIG.value, _WORKDIR.value)
   metrics = train.run(config, _WORKDIR.value)
   print("final: " + " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
 

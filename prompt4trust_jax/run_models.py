@@ -1,7 +1,7 @@
 """The models a run's config names: checkpoint directories, the policy as training holds it
 (dtypes, LoRA adapters) and its sampling settings. Training and evaluation both start here.
 Random checkpoints for the demos are made before, by the launchers
-(`fixtures.with_random_models`).
+(`fixtures.with_demo_inputs`).
 """
 
 import jax
@@ -19,7 +19,7 @@ def model_dir(section, name: str) -> str:
     raise ValueError(f"{name}.path is unset: set it to a hub-layout checkpoint directory, or "
                      f"launch through experiments/train.py or experiments/evaluate.py, which "
                      f"make a random {name} of {name}.random_shape for the demos "
-                     "(fixtures.with_random_models).")
+                     "(fixtures.with_demo_inputs).")
   return section.path
 
 

@@ -23,7 +23,7 @@ from tests import launch
 def trained(tmp_path_factory):
   """A demo training run of 2 steps (a checkpoint to evaluate)."""
   workdir = str(tmp_path_factory.mktemp("trained"))
-  config = demo.get_config()
+  config = demo.get_config("smoke")
   config.sampling.max_new_tokens = 8
   config.train.update(rollouts=2, checkpoint_every=2, heldout_questions=0)
   launch.train(config, workdir)
@@ -31,7 +31,7 @@ def trained(tmp_path_factory):
 
 
 def _config(trained_dir, **eval_overrides):
-  config = eval_demo.get_config()
+  config = eval_demo.get_config("smoke")
   config.policy.update(train_workdir=trained_dir, max_new_tokens=8)
   config.data.num_examples = 6
   config.eval.update(batch_size=4, consistency_samples=5, entropy_samples=4,

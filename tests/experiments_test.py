@@ -23,6 +23,7 @@ def _run(*args, stderr: bool = False):
 def test_train_then_evaluate_demo_run_and_report(tmp_path):
   trained, evaluated = tmp_path / "train", tmp_path / "eval"
   out, err = _run("experiments.train", "--config=configs/demo.py", f"--workdir={trained}",
+                  "--config.train.heldout_questions=8",
                   "--config.train.rollouts=2", "--config.sampling.max_new_tokens=8",
                   stderr=True)
   lines = out.strip().splitlines()

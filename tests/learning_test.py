@@ -46,7 +46,7 @@ def test_the_demo_policy_samples_only_ids_its_tokenizer_decodes(tmp_path):
   """The demos' random policy has its tokenizer's vocabulary: every id but the special ones
   decodes to text (a 4,096-id policy over this 468-id tokenizer sampled 92% nothing)."""
   from configs import demo
-  config = fixtures.with_random_models(demo.get_config(), str(tmp_path))
+  config = fixtures.with_demo_inputs(demo.get_config("smoke"), str(tmp_path))
   policy = models.from_pretrained(config.policy.path)
   tokenizer = models.load_tokenizer(config.policy.path)
   assert policy.config.vocab_size == len(tokenizer)

@@ -58,7 +58,7 @@ def test_the_gpu_hosts_recipe_prepares_once_and_logs_once(tmp_path):
   writes metrics.jsonl."""
   workdir = str(tmp_path / "run")
   outs = _run_processes(1, "experiments.train", flags=lambda i: {
-      "config": "configs/demo.py:multihost",
+      "config": "configs/demo.py:smoke,multihost",
       "config.distributed.coordinator_address": "localhost:{port}",
       "config.distributed.num_processes": "2", "config.distributed.process_id": str(i),
       "config.train.rollouts": "1", "workdir": workdir})
@@ -69,8 +69,8 @@ def test_the_gpu_hosts_recipe_prepares_once_and_logs_once(tmp_path):
   # Each record once, from process 0: held out (initial policy), rollout 1, held out (trained).
   assert [(r["rollout"], "heldout/ece" in r) for r in _records(workdir)] == [
       (0, True), (1, False), (1, True)]
-  assert sorted(os.listdir(os.path.join(workdir, "random_models"))) == ["qwen2_tiny",
-                                                                      "qwen2_vl_tiny"]
+  # The policy is made on the fly; the downstream is the committed toy one.
+  assert os.listdir(os.path.join(workdir, "random_models")) == ["qwen2_tiny"]
 
 
 def test_two_hosts_of_four_devices_train_as_one_host_of_eight(tmp_path):

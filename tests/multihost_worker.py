@@ -23,23 +23,23 @@ def train_config(models_dir: str):
   in `models_dir` (made by the first caller). 8 questions per step: 4 per host of 4 devices,
   so one host's padded rows are the two hosts' blocks side by side (the random draws of a
   row depend on the batch's padded shape)."""
-  config = demo.get_config()
+  config = demo.get_config("smoke")
   config.mesh = dict(data=2, fsdp=2, tensor=2)
   config.data.questions_per_step = 8
   config.train.rollouts = config.train.checkpoint_every = 2
-  return fixtures.with_random_models(config, models_dir)
+  return fixtures.with_demo_inputs(config, models_dir)
 
 
 def eval_config(models_dir: str):
   """Three methods (one sampling 3 answers per item) on 16 questions, batches of 8 (4 per host
   of 4 devices, as `train_config`), the policy a random one in `models_dir`."""
-  config = eval_demo.get_config()
+  config = eval_demo.get_config("smoke")
   config.mesh = dict(data=2, fsdp=2, tensor=2)
   config.policy.update(train_workdir="", max_new_tokens=8)
   config.data.num_examples = 16
   config.eval.update(methods=("no_hint", "prompt4trust", "csc"), corruptions=(), batch_size=8,
                      consistency_samples=3, bootstrap_samples=50)
-  return fixtures.with_random_models(config, models_dir)
+  return fixtures.with_demo_inputs(config, models_dir)
 
 
 def spy_on_questions() -> dict[str, list]:

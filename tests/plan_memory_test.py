@@ -20,7 +20,7 @@ from prompt4trust_jax import fixtures
 policy, vl = sys.argv[1], sys.argv[2]
 fixtures.write_random_qwen2(policy, fixtures.shape_config("tiny"))
 fixtures.write_random_qwen2_vl(vl, fixtures.vl_shape_config("tiny"))
-config = demo.get_config()
+config = demo.get_config("smoke")
 config.policy.path, config.downstream.path = policy, vl
 config.data.questions_per_step, config.sampling.num_generations = 4, 4
 config.sampling.max_new_tokens = 256
@@ -90,7 +90,7 @@ def test_rollout_work_per_device_falls_as_one_over_the_devices(tmp_path):
   from configs import demo
   from experiments import plan_memory
   from prompt4trust_jax import fixtures
-  config = demo.get_config()
+  config = demo.get_config("smoke")
   config.policy.path = fixtures.write_random_qwen2(str(tmp_path / "p"),
                                                    fixtures.shape_config("tiny"))
   config.downstream.path = fixtures.write_random_qwen2_vl(str(tmp_path / "v"),

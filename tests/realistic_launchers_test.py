@@ -14,7 +14,7 @@ from tests import launch
 
 def test_train_then_evaluate_on_realistic_checkpoints(realistic_policy_dir, realistic_vl_dir,
                                                       tmp_path):
-  config = demo.get_config()
+  config = demo.get_config("smoke")
   config.prompts.preset = "reference"
   config.policy.path, config.downstream.path = realistic_policy_dir, realistic_vl_dir
   config.data.questions_per_step = 2
@@ -27,7 +27,7 @@ def test_train_then_evaluate_on_realistic_checkpoints(realistic_policy_dir, real
     record = json.loads(f.readline())
   assert (record["rollout"], record["optimizer_step"]) == (1, config.grpo.num_iterations)
 
-  c = eval_demo.get_config()
+  c = eval_demo.get_config("smoke")
   c.prompts.preset = "reference"
   c.policy.update(path=realistic_policy_dir, train_workdir=trained, max_new_tokens=6)
   c.downstream.path = realistic_vl_dir

@@ -18,7 +18,7 @@ ROWS = P(sharding.BATCH_AXES)  # rows split over data x fsdp
 
 
 def _config(**sampling_overrides):
-  config = demo.get_config()
+  config = demo.get_config("smoke")
   config.data.questions_per_step = 4  # 4 questions x 4 hints: 2 rows per device
   config.sampling.update(max_new_tokens=10, **sampling_overrides)
   return config
@@ -27,7 +27,7 @@ def _config(**sampling_overrides):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("rollout_sharding"))
-  return workdir, fixtures.with_random_models(_config(), workdir)
+  return workdir, fixtures.with_demo_inputs(_config(), workdir)
 
 
 def _one_step(config, workdir, mesh):

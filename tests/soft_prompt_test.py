@@ -144,7 +144,7 @@ def test_sharded_training_matches_unsharded(ds, examples, trained):
 
 
 def test_demo_config_builds_a_soft_prompt_config():
-  section = soft_prompt_demo.get_config()
+  section = soft_prompt_demo.get_config("smoke")
   fields = {f.name for f in dataclasses.fields(soft_prompt.SoftPromptConfig)}
   config = soft_prompt.SoftPromptConfig(**{k: v for k, v in section.items() if k in fields})
   assert config.num_tokens == 4 and section.train_split == "val_8"

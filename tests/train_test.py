@@ -14,7 +14,7 @@ from tests import launch
 
 
 def _config(rollouts, **overrides):
-  config = demo.get_config()
+  config = demo.get_config("smoke")
   config.sampling.max_new_tokens = 12
   config.train.rollouts = rollouts
   config.train.checkpoint_every = 2
@@ -44,12 +44,12 @@ def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path):
   launch.train(_config(2, **constant), halted)  # stops after rollout 2 (a checkpoint)
   launch.train(_config(4, **constant), halted)  # the same command again resumes at rollout 2
   a, b = _checkpoint(straight, 4), _checkpoint(halted, 4)
-  assert int(a["step"]) == int(b["step"]) == 4 * demo.get_config().grpo.num_iterations
+  assert int(a["step"]) == int(b["step"]) == 4 * demo.get_config("smoke").grpo.num_iterations
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   with open(os.path.join(halted, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
-  iterations = demo.get_config().grpo.num_iterations
+  iterations = demo.get_config("smoke").grpo.num_iterations
   heldout = [r for r in records if "heldout/ece" in r]
   records = [r for r in records if "heldout/ece" not in r]
   assert [r["rollout"] for r in records] == [1, 2, 3, 4]
@@ -77,7 +77,7 @@ def test_sigkill_and_restart_matches_an_uninterrupted_run(tmp_path):
   import sys
   import time
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  args = [sys.executable, "-m", "experiments.train", "--config=configs/demo.py",
+  args = [sys.executable, "-m", "experiments.train", "--config=configs/demo.py:smoke",
           "--config.train.rollouts=3", "--config.train.checkpoint_every=1",
           "--config.sampling.max_new_tokens=12"]
   # The three runs share a persistent compilation cache: the restart and the straight run
@@ -156,7 +156,7 @@ def test_lora_run_checkpoints_adapters_only_and_exports_them_merged(tmp_path):
                          "policy.param_dtype": "bfloat16", "optimizer.learning_rate": 1e-2})
   metrics = launch.train(config, workdir)
   assert np.isfinite(metrics["loss"]) and metrics["kl"] >= 0
-  config = fixtures.with_random_models(config, workdir)  # the base the run started from
+  config = fixtures.with_demo_inputs(config, workdir)  # the base the run started from
   saved = _checkpoint(workdir, 2)["params"]
   paths = {"/".join(map(str, p)) for p, _ in jax.tree_util.tree_flatten_with_path(saved)[0]}
   assert paths and all("lora_a" in p or "lora_b" in p for p in paths), sorted(paths)[:4]

@@ -17,6 +17,7 @@ Configs:
   `pandas.DataFrame.sample(frac=1, random_state=42)` gives).
 - `full`: every usable row of train.csv, test.csv and test_clean.csv.
 - `mini`: like `paper` with 32 / 8 rows (`train_32`, `val_8`): for the committed fixture.
+- `toy`: like `paper` with 256 / 64 rows (`train_256`, `val_64`): the demo's toy world.
 
 "Usable" means the row passes `validation` (all columns, a known label, an image that
 exists inside the image root, decodes and has sides >= 28 px, UTF-8 text). Unusable rows
@@ -90,6 +91,9 @@ class PmcVqa(validation.CheckedBuilder):
       PmcVqaConfig(name="full", description="All of train.csv, test.csv, test_clean.csv."),
       PmcVqaConfig(name="mini", description="train_32 / val_8 / test_clean (fixtures).",
                    train_size=32, val_size=8, selection="reference_draw"),
+      PmcVqaConfig(name="toy", description="train_256 / val_64 / test_clean (the toy world's "
+                   "synthetic copy, configs/demo.py).", train_size=256, val_size=64,
+                   selection="reference_draw"),
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Put PMC-VQA's train.csv, test.csv, test_clean.csv and its images/ folder (or images.zip) "

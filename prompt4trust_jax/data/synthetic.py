@@ -35,6 +35,7 @@ _CHOICE_END = " "
 # Grey levels; findings are far brighter than anything else, so a threshold finds them.
 _BACKGROUND, _LUNG, _TISSUE, _WALL, _NOISE = 8, 45, 90, 150, 3
 _LESION_RANGE = (215, 246)
+_DYES = ((215, 40, 40), (40, 190, 60), (50, 70, 225), (225, 205, 40))  # TEMPLATES["stain"]
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so the archive does not carry today's date
 
 
@@ -64,8 +65,22 @@ TEMPLATES = {
         ("Which side of the image shows the abnormality?",
          "On which side of the image are lesions seen?"),
         ("Left", "Right", "Both sides", "Neither side")),
+    # A stained section: the lesion takes up one of four dyes (an RGB image).
+    "stain": Template(
+        ("What colour is the stained lesion?", "Which stain colour does the lesion show?"),
+        ("Red", "Green", "Blue", "Yellow")),
+    "size": Template(
+        ("How large is the lesion?", "What is the size of the lesion?"),
+        ("Small", "Medium", "Large", "Very large")),
+    # Not answerable from the image: every grade is drawn as the same lesion, so no reader
+    # beats chance (the hard questions of the toy world, `toy_world.KINDS`).
+    "grade": Template(
+        ("What is the histological grade of the lesion?",
+         "Which grade best describes the lesion?"),
+        ("Grade I", "Grade II", "Grade III", "Grade IV")),
 }
-_KINDS = tuple(TEMPLATES)
+# The committed fixture's kinds, in the order its rows were drawn with.
+DEFAULT_KINDS = ("quadrant", "count", "shape", "side")
 _SHAPES = ("circle", "square", "triangle", "ring")  # in the order of TEMPLATES["shape"]
 
 
@@ -80,12 +95,59 @@ def correct_letter(kind: str, value: int, choices: Sequence[str]) -> str:
   raise ValueError(f"No choice states {answer!r} ({kind} finding {value}): {list(choices)}.")
 
 
+@dataclasses.dataclass(frozen=True)
+class Question:
+  """One synthetic row: question kind and text, lettered choices, answer and image."""
+  kind: str
+  question: str
+  choices: tuple[str, str, str, str]  # "A:Upper left quadrant " ...
+  answer: str  # the correct choice's text
+  letter: str  # its letter
+  pixels: np.ndarray  # [size, size] uint8 grey scan ([size, size, 3] RGB for `stain`)
+
+
+def questions(n: int, rng: np.random.Generator, image_size: int = 64,
+              kinds: Sequence[str] = DEFAULT_KINDS, ordered_options: bool = False
+              ) -> list[Question]:
+  """`n` rows of kinds drawn uniformly from `kinds`, answer letters balanced (each letter
+  answers a quarter of the rows, which rows is random); the stream `write_pmc_vqa` writes.
+  `ordered_options`: every row lists its kind's options in one order, so the letter names
+  the finding (a reader need not match the image against the option texts)."""
+  unknown = sorted(set(kinds) - set(TEMPLATES))
+  if unknown or not kinds:
+    raise ValueError(f"Unknown question kinds {unknown or kinds!r}; choose from "
+                     f"{sorted(TEMPLATES)}.")
+  if image_size < MIN_IMAGE_SIZE:
+    raise ValueError(f"image_size={image_size} is below {MIN_IMAGE_SIZE} px, too small for "
+                     "the findings to be drawn; pass a larger image_size.")
+  answer_slots = rng.permutation(np.arange(n) % len(LETTERS))
+  rows = []
+  for slot in answer_slots:
+    kind = kinds[rng.integers(len(kinds))]
+    template = TEMPLATES[kind]
+    value = int(slot if ordered_options else rng.integers(len(template.options)))
+    question = template.questions[rng.integers(len(template.questions))]
+    if ordered_options:
+      texts = list(template.options)
+    else:
+      others = [o for j, o in enumerate(template.options) if j != value]
+      texts = [others[j] for j in rng.permutation(len(others))]
+      texts.insert(int(slot), template.options[value])
+    choices = tuple(f"{letter}:{text}{_CHOICE_END}" for letter, text in zip(LETTERS, texts))
+    pixels = _render(kind, value, image_size, rng)
+    rows.append(Question(kind, question, choices, template.options[value],
+                         correct_letter(kind, value, choices), pixels))
+  return rows
+
+
 def write_pmc_vqa(out_dir: str, num_train: int = 48, num_test: int = 16,
                   num_test_clean: int = 16, image_size: int = 64, seed: int = 0,
-                  zip_images: bool = False) -> str:
+                  zip_images: bool = False, kinds: Sequence[str] = DEFAULT_KINDS,
+                  ordered_options: bool = False) -> str:
   """Writes a synthetic PMC-VQA copy into `out_dir` (created if missing); returns `out_dir`.
 
-  Same arguments, same files. Train and test rows come from separate seeded streams and
+  Same arguments, same files. Question kinds are drawn uniformly from `kinds`;
+  `ordered_options` as in `questions`. Train and test rows come from separate seeded streams and
   name distinct images (`synthetic_<row number>.png`, train first). Each split's answer
   letters are balanced (each letter within one row of a quarter); test_clean is a seeded
   choice of `num_test_clean` test rows in test order. Existing files of the same names are
@@ -97,14 +159,13 @@ def write_pmc_vqa(out_dir: str, num_train: int = 48, num_test: int = 16,
   if num_test_clean > num_test:
     raise ValueError(f"num_test_clean={num_test_clean} exceeds num_test={num_test}: "
                      "test_clean rows are a subset of test rows.")
-  if image_size < MIN_IMAGE_SIZE:
-    raise ValueError(f"image_size={image_size} is below {MIN_IMAGE_SIZE} px, too small for "
-                     "the findings to be drawn; pass a larger image_size.")
   image_dir = os.path.join(out_dir, "images")
   os.makedirs(image_dir, exist_ok=True)
   encoded = {}
-  train = _rows(num_train, 0, image_size, np.random.default_rng([seed, 0]), encoded)
-  test = _rows(num_test, num_train, image_size, np.random.default_rng([seed, 1]), encoded)
+  draw = lambda n, stream: questions(n, np.random.default_rng([seed, stream]), image_size, kinds,
+                                     ordered_options)
+  train = _rows(draw(num_train, 0), 0, encoded)
+  test = _rows(draw(num_test, 1), num_train, encoded)
   keep = np.sort(np.random.default_rng([seed, 2]).choice(num_test, num_test_clean, replace=False))
   for stem, rows in (("train", train), ("test", test), ("test_clean", [test[i] for i in keep])):
     _write_csv(os.path.join(out_dir, f"{stem}.csv"), rows)
@@ -116,32 +177,21 @@ def write_pmc_vqa(out_dir: str, num_train: int = 48, num_test: int = 16,
   return out_dir
 
 
-def _rows(n: int, first: int, size: int, rng: np.random.Generator,
-          encoded: dict[str, bytes]) -> list[list[str]]:
-  """`n` CSV rows numbered from `first`; their PNGs go into `encoded` by file name."""
-  # Each letter answers a quarter of the rows; which rows is random.
-  answer_slots = rng.permutation(np.arange(n) % len(LETTERS))
-  rows = []
-  for i, slot in enumerate(answer_slots):
-    kind = _KINDS[rng.integers(len(_KINDS))]
-    template = TEMPLATES[kind]
-    value = int(rng.integers(len(template.options)))
-    question = template.questions[rng.integers(len(template.questions))]
-    others = [o for j, o in enumerate(template.options) if j != value]
-    texts = [others[j] for j in rng.permutation(len(others))]
-    texts.insert(int(slot), template.options[value])
-    choices = [f"{letter}:{text}{_CHOICE_END}" for letter, text in zip(LETTERS, texts)]
+def _rows(rows: Sequence[Question], first: int, encoded: dict[str, bytes]) -> list[list[str]]:
+  """CSV rows numbered from `first`; their PNGs go into `encoded` by file name."""
+  out = []
+  for i, row in enumerate(rows):
     name = f"synthetic_{first + i:05d}.png"
     buffer = io.BytesIO()
-    Image.fromarray(_render(kind, value, size, rng)).save(buffer, format="PNG")
+    Image.fromarray(row.pixels).save(buffer, format="PNG")
     encoded[name] = buffer.getvalue()
-    rows.append([name, question, template.options[value], *choices,
-                 correct_letter(kind, value, choices)])
-  return rows
+    out.append([name, row.question, row.answer, *row.choices, row.letter])
+  return out
 
 
 def _render(kind: str, value: int, size: int, rng: np.random.Generator) -> np.ndarray:
-  """A `size` x `size` uint8 grey scan showing finding `value` of question `kind`."""
+  """A `size` x `size` uint8 grey scan showing finding `value` of question `kind` (`stain`:
+  `[size, size, 3]` RGB, the lesion in its dye's colour)."""
   # Doubled coordinates (x2 = 2x - (size - 1)) put the origin on the image centre and keep
   # every length an integer, so masks are exact comparisons of integers.
   y2, x2 = (2 * np.mgrid[0:size, 0:size] - (size - 1)).astype(np.int64)
@@ -158,9 +208,15 @@ def _render(kind: str, value: int, size: int, rng: np.random.Generator) -> np.nd
   scan[_ellipse(x2, y2, body_a, body_b, jitter)] = _WALL
   scan[inner] = _TISSUE
   scan[inner & lungs] = _LUNG
+  lesion = np.zeros((size, size), bool)
   for shape, cx, cy, radius in _findings(kind, value, size, inner_a, inner_b, rng):
-    scan[_shape_mask(shape, x2 - cx, y2 - cy, radius)] = rng.integers(*_LESION_RANGE)
+    mask = _shape_mask(shape, x2 - cx, y2 - cy, radius)
+    scan[mask] = rng.integers(*_LESION_RANGE)
+    lesion |= mask
   scan += rng.integers(-_NOISE, _NOISE + 1, (size, size))
+  if kind == "stain":
+    scan = np.repeat(scan[..., None], 3, axis=-1)
+    scan[lesion] = np.array(_DYES[value]) + rng.integers(-_NOISE, _NOISE + 1, (lesion.sum(), 3))
   return np.clip(scan, 0, 255).astype(np.uint8)
 
 
@@ -207,6 +263,11 @@ def _findings(kind: str, value: int, size: int, inner_a: int, inner_b: int,
     signs = ((-1,), (1,), (-1, 1), ())[value]
     return [("circle", *_centres(rng, 1, inner_a, inner_b, lesion, off_axis(s))[0], lesion)
             for s in signs]
+  if kind == "size":  # radii of 5, 8, 11 and 15% of the side
+    radius = 2 * max(2, round(size * (5, 8, 11, 15)[value] / 100))
+    return [("circle", *_centres(rng, 1, inner_a, inner_b, radius)[0], radius)]
+  if kind in ("grade", "stain"):  # one lesion, drawn alike for every grade (dyed: stain)
+    return [("circle", *_centres(rng, 1, inner_a, inner_b, lesion)[0], lesion)]
   raise ValueError(f"Unknown question kind {kind!r}; choose from {sorted(TEMPLATES)}.")
 
 
@@ -255,6 +316,7 @@ def _define_flags():
   flags.DEFINE_integer("image_size", 64, "Side of the square PNG scans, in pixels.")
   flags.DEFINE_integer("seed", 0, "Seed of every random choice.")
   flags.DEFINE_bool("zip_images", False, "Also write images.zip.")
+  flags.DEFINE_list("kinds", list(DEFAULT_KINDS), f"Question kinds, of {sorted(TEMPLATES)}.")
 
 
 def main(argv):
@@ -263,7 +325,7 @@ def main(argv):
   f = flags.FLAGS
   out = write_pmc_vqa(f.out, num_train=f.num_train, num_test=f.num_test,
                       num_test_clean=f.num_test_clean, image_size=f.image_size, seed=f.seed,
-                      zip_images=f.zip_images)
+                      zip_images=f.zip_images, kinds=tuple(f.kinds))
   print(f"wrote {out}")
 
 

@@ -65,6 +65,17 @@ class MultimodalModel(DecoderModel, Protocol):
     """Host side, before a jitted prefill: `(positions, image_embeds_MxD)`."""
     ...
 
+  def image_inputs(self, input_ids_BxT, attention_mask_BxT, pixel_values, image_grid, /
+                   ) -> tuple[jax.Array, Any, int | None]:
+    """Host side: `(positions, vision_inputs, packed)`, `encode_images(vision_inputs)` being
+    the image tokens (row aligned `[B, K, D]` when `packed` is None, else the first `packed`
+    of `[M', D]`): what trains the vision tower (`training.supervised`)."""
+    ...
+
+  def encode_images(self, vision_inputs: Any, /) -> jax.Array:
+    """Image tokens for `embed`, traceable (inside a jitted, differentiated program)."""
+    ...
+
 
 class ImageProcessing(Protocol):
   """A multimodal family's host-side image handling (a module satisfies it).

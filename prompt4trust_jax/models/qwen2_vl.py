@@ -232,19 +232,22 @@ class Qwen2VLForConditionalGeneration(qwen2.DecoderLM):
     """Image tokens `[M, D]` in order, or row aligned `[I, K, D]` (see `vision.vision_inputs`)."""
     return self.visual(inputs).astype(jnp.dtype(self.text_config.dtype))
 
-  def multimodal_inputs(self, input_ids_BxT, attention_mask_BxT, pixel_values, image_grid_thw):
-    """Host side, before a jitted prefill: `(positions_3xBxT, image_embeds)`.
+  def image_inputs(self, input_ids_BxT, attention_mask_BxT, pixel_values, image_grid_thw):
+    """Host side: `(positions_3xBxT, vision_inputs, packed)`; `encode_images(vision_inputs)`
+    (inside any jitted program: a trainer of the tower runs it under its gradient) gives the
+    image tokens `embed` takes.
 
-    When every row shows at most one image (one frame), the images are encoded in the rows
-    of the prompts that show them and `image_embeds` is row aligned, `[B, K, D]`: split over
+    When every row shows at most one image (one frame), the images are laid out in the rows
+    of the prompts that show them and the tokens come out row aligned, `[B, K, D]`: split over
     the batch axes with the prompts, and the only layout of a multi-host run (each host's
-    images are its rows; `hosts.global_rows`). Otherwise (several images in a prompt) it is
-    `[M, D]`, every image's tokens in order. Image tokens are encoded by one jitted call
-    over bucketed image and patch counts, so new images of similar size do not recompile.
+    images are its rows; `hosts.global_rows`); `packed` is None. Otherwise (several images in
+    a prompt) the tokens come out `[M', D]`, every image's in order, and `packed` = M, the
+    real ones. Image and patch counts are bucketed, so new images of similar size do not
+    recompile. `vision_inputs` is None without images.
     """
     positions, _ = rope_positions(input_ids_BxT, attention_mask_BxT, image_grid_thw, self.config)
     if pixel_values is None:
-      return positions, None
+      return positions, None, None
     pixels = np.asarray(pixel_values, np.float32)
     if pixels.ndim != 2 or pixels.shape[1] != self.config.vision.patch_dim:
       raise ValueError(f"pixel_values has shape {pixels.shape}; expected [patches, "
@@ -254,17 +257,25 @@ class Qwen2VLForConditionalGeneration(qwen2.DecoderLM):
     mask = np.ones(ids.shape, bool) if attention_mask_BxT is None else np.asarray(
         attention_mask_BxT, bool)
     rows = np.flatnonzero(((ids == self.config.image_token_id) & mask).any(-1))
-    graphdef, state = nnx.split(self)
     if not ((grid[:, 0] == 1).all() and len(rows) == len(grid)):  # several images in a row
       if hosts.multiple():
         raise ValueError("A multi-host run takes one image per prompt (row aligned images).")
       inputs, merged = vision.vision_inputs(pixels, grid, self.config.vision)
-      return positions, _encode_images(graphdef, state, inputs)[:merged]
+      return positions, inputs, merged
     longest = hosts.agree(grid[:, 1:].prod(-1).max())  # patches: one length on every host
     inputs, _ = vision.vision_inputs(pixels, grid, self.config.vision, images=len(ids),
                                      length=max(64, padding.bucket_length(longest)), rows=rows)
-    inputs = vision.VisionInputs(*hosts.global_rows(tuple(inputs[:4])), None)
-    return positions, _encode_images(graphdef, state, inputs)
+    return positions, vision.VisionInputs(*hosts.global_rows(tuple(inputs[:4])), None), None
+
+  def multimodal_inputs(self, input_ids_BxT, attention_mask_BxT, pixel_values, image_grid_thw):
+    """Host side, before a jitted prefill: `(positions_3xBxT, image_embeds)`, the images
+    encoded by one jitted call (`image_inputs` says in which layout)."""
+    positions, inputs, packed = self.image_inputs(input_ids_BxT, attention_mask_BxT,
+                                                  pixel_values, image_grid_thw)
+    if inputs is None:
+      return positions, None
+    image_embeds = _encode_images(*nnx.split(self), inputs)
+    return positions, image_embeds if packed is None else image_embeds[:packed]
 
   def embed(self, tokens_BxT, image_embeds=None):
     """Token embeddings with image placeholders replaced by image tokens, in order:
