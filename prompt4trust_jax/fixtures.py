@@ -7,6 +7,7 @@ a randomly initialised model exported through the same code path as a trained on
 
 import json
 import os
+import shutil
 from collections.abc import Sequence
 
 from flax import nnx
@@ -186,6 +187,12 @@ def with_demo_inputs(config, workdir: str):
   if not config.data.get("manual_dir") and described:
     args = dict(described)
     args["kinds"] = tuple(args.get("kinds", synthetic.DEFAULT_KINDS))
-    config.data.manual_dir = made(os.path.join(workdir, "synthetic_data"),
-                                  lambda out: synthetic.write_pmc_vqa(out, **args), "train.csv")
+    def write(out: str):  # whole or not at all: train.csv is written before the images
+      partial = out + ".partial"
+      shutil.rmtree(partial, ignore_errors=True)
+      synthetic.write_pmc_vqa(partial, **args)
+      shutil.rmtree(out, ignore_errors=True)  # an incomplete copy (no train.csv)
+      os.replace(partial, out)
+
+    config.data.manual_dir = made(os.path.join(workdir, "synthetic_data"), write, "train.csv")
   return config

@@ -46,9 +46,10 @@ def make_batch(model: DecoderModel, prompts: Sequence[Sequence[int]],
   if any(not r for r in replies):
     raise ValueError("Every reply needs at least one token: the loss is over reply tokens.")
   rows = [list(p) + list(r) for p, r in zip(prompts, replies)]
-  T = length or padding.bucket_length(max(map(len, rows)))
-  if max(map(len, rows)) > T:
-    raise ValueError(f"A row of {max(map(len, rows))} tokens exceeds length={T}.")
+  longest = max(map(len, rows))
+  T = length or padding.bucket_length(longest)
+  if longest > T:
+    raise ValueError(f"A row of {longest} tokens exceeds length={T}.")
   tokens = np.full((len(rows), T), pad_id, np.int32)
   mask = np.zeros((len(rows), T), np.int32)
   reply = np.zeros((len(rows), T), np.float32)
