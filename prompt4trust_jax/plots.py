@@ -15,11 +15,15 @@ from matplotlib.figure import Figure
 
 from prompt4trust_jax import calibration
 
-# Training curves, one panel each: (metrics.jsonl key, title, the held-out evaluation's key).
-TRAINING_CURVES = (("reward/total/mean", "reward", "heldout/reward"),
-                   ("downstream/accuracy", "accuracy", "heldout/accuracy"),
-                   ("downstream/ece", "ECE", "heldout/ece"), ("kl", "KL to the reference", None),
-                   ("hint_length/mean", "hint length (tokens)", None))
+# Training curves, one panel each: (metrics.jsonl key, title, the held-out evaluation's key,
+# what an empty panel says: why a run may not log the key).
+TRAINING_CURVES = (("reward/total/mean", "reward", "heldout/reward", "not logged"),
+                   ("downstream/accuracy", "accuracy", "heldout/accuracy", "not logged"),
+                   ("downstream/ece", "ECE", "heldout/ece", "not logged"),
+                   ("kl", "KL to the reference", None, "not computed:\ngrpo.beta = 0"),
+                   ("hint_length/mean", "hint length (tokens)", None, "not logged"))
+# Beyond this many points a curve is drawn faintly under its trailing mean.
+SMOOTH_ABOVE = 50
 
 
 def colors(n: int) -> list:
@@ -103,24 +107,58 @@ def reliability_diagram(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], pat
   return path
 
 
+def trailing_mean(values_T: Sequence[float], window: int) -> np.ndarray:
+  """Each value's mean with the `window - 1` before it (fewer at the start)."""
+  values_T = np.asarray(values_T, np.float64)
+  total_T = np.cumsum(values_T)
+  before_T = np.concatenate([np.zeros(window), total_T[:-window]])[:values_T.size]
+  return (total_T - before_T) / np.minimum(np.arange(1, values_T.size + 1), window)
+
+
+def _panels(records: Sequence[Mapping[str, float]], curves) -> list[dict]:
+  """What each training-curve panel draws: the logged (rollout, value) points, their trailing
+  mean over a twentieth of the run when there are many, the held-out points, and the note an
+  empty panel shows."""
+  train = [r for r in records if not any(k.startswith("heldout/") for k in r)]
+  heldout = [r for r in records if any(k.startswith("heldout/") for k in r)]
+  panels = []
+  for key, title, held, absent in curves:
+    points = [(r["rollout"], r[key]) for r in train if key in r]
+    window = max(1, len(points) // 20)
+    panels.append(dict(
+        title=title, points=points, note=None if points else absent,
+        mean=(trailing_mean([v for _, v in points], window), window)
+        if len(points) > SMOOTH_ABOVE else None,
+        heldout=[(r["rollout"], r[held]) for r in heldout if held in r]))
+  return panels
+
+
 def training_curves(records: Sequence[Mapping[str, float]], path,
                     curves=TRAINING_CURVES) -> str:
   """A panel per metric of `curves` against the rollout, from metrics.jsonl's records; the
   held-out evaluations among them (records with `heldout/...` keys) as points on the same
   panels. Returns `path`."""
-  train = [r for r in records if not any(k.startswith("heldout/") for k in r)]
-  heldout = [r for r in records if any(k.startswith("heldout/") for k in r)]
   figure = _figure(3.2 * len(curves), 3.0)
   axes = figure.subplots(1, len(curves), squeeze=False)[0]
-  for ax, (key, title, held), color in zip(axes, curves, colors(len(curves))):
-    points = [(r["rollout"], r[key]) for r in train if key in r]
-    if points:
-      ax.plot(*zip(*points), color=color, marker="." if len(points) < 50 else None)
-    points = [(r["rollout"], r[held]) for r in heldout if held in r]
-    if points:
-      ax.plot(*zip(*points), color="black", marker="s", linestyle=":", label="held out")
+  for ax, panel, color in zip(axes, _panels(records, curves), colors(len(curves))):
+    if panel["points"]:
+      rollouts, values = zip(*panel["points"])
+      if panel["mean"] is None:
+        ax.plot(rollouts, values, color=color, marker=".")
+      else:
+        mean, window = panel["mean"]
+        ax.plot(rollouts, values, color=color, alpha=0.25, linewidth=0.8)
+        ax.plot(rollouts, mean, color=color, linewidth=2, label=f"mean of {window}")
+    else:
+      ax.text(0.5, 0.5, panel["note"], transform=ax.transAxes, ha="center", va="center",
+              color="gray")
+      ax.set(xticks=[], yticks=[])
+    if panel["heldout"]:
+      ax.plot(*zip(*panel["heldout"]), color="black", marker="s", linestyle=":",
+              label="held out")
+    if panel["heldout"] or panel["mean"] is not None:
       ax.legend(fontsize="small")
-    ax.set(title=title, xlabel="rollout")
+    ax.set(title=panel["title"], xlabel="rollout")
     ax.grid(alpha=0.3)
   _save(figure, path)
   return path

@@ -51,3 +51,25 @@ def test_training_curves_draw_each_metric_and_the_heldout_points(tmp_path):
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert os.path.getsize(path) > 30_000
+
+
+def test_trailing_mean_against_worked_values():
+  np.testing.assert_allclose(plots.trailing_mean([1, 2, 3, 4], 2), [1, 1.5, 2.5, 3.5])
+  np.testing.assert_allclose(plots.trailing_mean([2, 4, 9], 5), [2, 3, 5])  # window > length
+  np.testing.assert_allclose(plots.trailing_mean([3, 1, 2], 1), [3, 1, 2])
+
+
+def test_long_runs_are_smoothed_and_an_unlogged_metric_says_why(tmp_path):
+  # 600 rollouts at beta 0, as the demo: no "kl" records.
+  records = [{"rollout": t, "reward/total/mean": float(t % 7), "downstream/accuracy": 0.5,
+              "downstream/ece": 0.2, "hint_length/mean": 12.0} for t in range(1, 601)]
+  panels = {p["title"]: p for p in plots._panels(records, plots.TRAINING_CURVES)}
+  mean, window = panels["reward"]["mean"]
+  assert window == 30 and mean.shape == (600,)
+  np.testing.assert_allclose(mean[-1], np.mean([t % 7 for t in range(571, 601)]))
+  kl = panels["KL to the reference"]
+  assert kl["points"] == [] and "beta = 0" in kl["note"]
+  assert panels["reward"]["note"] is None
+  short = plots._panels(records[:20], plots.TRAINING_CURVES)
+  assert all(p["mean"] is None for p in short)  # 20 points are drawn as they are
+  assert os.path.getsize(plots.training_curves(records, str(tmp_path / "t.png"))) > 30_000
