@@ -15,13 +15,13 @@ from matplotlib.figure import Figure
 
 from prompt4trust_jax import calibration
 
-# Training curves, one panel each: (metrics.jsonl key, title, the held-out evaluation's key,
-# what an empty panel says: why a run may not log the key).
-TRAINING_CURVES = (("reward/total/mean", "reward", "heldout/reward", "not logged"),
-                   ("downstream/accuracy", "accuracy", "heldout/accuracy", "not logged"),
-                   ("downstream/ece", "ECE", "heldout/ece", "not logged"),
+# Training curves, one panel each: (metrics.jsonl key, title, the held-out evaluation's key[,
+# what the panel says when a run does not log the key; default "not logged"]).
+TRAINING_CURVES = (("reward/total/mean", "reward", "heldout/reward"),
+                   ("downstream/accuracy", "accuracy", "heldout/accuracy"),
+                   ("downstream/ece", "ECE", "heldout/ece"),
                    ("kl", "KL to the reference", None, "not computed:\ngrpo.beta = 0"),
-                   ("hint_length/mean", "hint length (tokens)", None, "not logged"))
+                   ("hint_length/mean", "hint length (tokens)", None))
 # Beyond this many points a curve is drawn faintly under its trailing mean.
 SMOOTH_ABOVE = 50
 
@@ -110,9 +110,8 @@ def reliability_diagram(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], pat
 def trailing_mean(values_T: Sequence[float], window: int) -> np.ndarray:
   """Each value's mean with the `window - 1` before it (fewer at the start)."""
   values_T = np.asarray(values_T, np.float64)
-  total_T = np.cumsum(values_T)
-  before_T = np.concatenate([np.zeros(window), total_T[:-window]])[:values_T.size]
-  return (total_T - before_T) / np.minimum(np.arange(1, values_T.size + 1), window)
+  sums_T = np.convolve(values_T, np.ones(window))[:values_T.size]
+  return sums_T / np.minimum(np.arange(1, values_T.size + 1), window)
 
 
 def _panels(records: Sequence[Mapping[str, float]], curves) -> list[dict]:
@@ -122,11 +121,11 @@ def _panels(records: Sequence[Mapping[str, float]], curves) -> list[dict]:
   train = [r for r in records if not any(k.startswith("heldout/") for k in r)]
   heldout = [r for r in records if any(k.startswith("heldout/") for k in r)]
   panels = []
-  for key, title, held, absent in curves:
+  for key, title, held, *absent in curves:
     points = [(r["rollout"], r[key]) for r in train if key in r]
     window = max(1, len(points) // 20)
     panels.append(dict(
-        title=title, points=points, note=None if points else absent,
+        title=title, points=points, note=None if points else (absent or ["not logged"])[0],
         mean=(trailing_mean([v for _, v in points], window), window)
         if len(points) > SMOOTH_ABOVE else None,
         heldout=[(r["rollout"], r[held]) for r in heldout if held in r]))
